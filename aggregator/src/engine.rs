@@ -1,0 +1,600 @@
+//! The aggregator's query engine.
+//!
+//! ```text
+//!  SQL ──DataFusion (ClusterTable per table)──> physical plan
+//!        │ cut(): below the first exchange above each LeafScanExec
+//!        v
+//!  fragments ──encode──> every leaf (fan-out, deadline) ──> per-leaf batches
+//!        │ each fragment replaced by a memory source, one partition per leaf
+//!        v
+//!  merge plan (final aggregate, sort-merge, limit) ──> answer + coverage
+//! ```
+//!
+//! The aggregator knows tables and schemas from the leaves' reports (a
+//! poller keeps them fresh; a miss refreshes them at once). A leaf that does
+//! not answer by the deadline contributes an empty partition and is named in
+//! the coverage; it never fails the query.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::TableType;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use scuba::coverage::{Coverage, MissingReason};
+use scuba::limits::QUERY_TIMEOUT_MS_MAX;
+use scuba::wire::{LeafStats, LeafStatus};
+use scuba_leaf::fragment::{encode_fragment, LeafScanExec};
+
+use crate::error::{AggError, Result};
+use crate::fanout::{FanOut, Outcome};
+use crate::transport::LeafTransport;
+
+/// How often the poller asks every leaf for its stats.
+pub const POLL_INTERVAL_MS: u64 = 1_000;
+/// How long a stats request may take before the leaf counts as down.
+pub const STATS_TIMEOUT_MS: u64 = 1_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct QueryDefaults {
+    pub timeout_ms: u64,
+    pub min_coverage: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QueryOptions {
+    pub timeout_ms: Option<u64>,
+    pub min_coverage: Option<f64>,
+    pub estimate: bool,
+}
+
+/// A query's answer.
+#[derive(Debug, Clone)]
+pub struct QueryAnswer {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub coverage: Coverage,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeafState {
+    Unknown,
+    Up,
+    Down,
+    Restarting,
+}
+
+#[derive(Debug, Clone)]
+struct LeafCache {
+    state: LeafState,
+    stats: Option<LeafStats>,
+    last_report: Option<Instant>,
+    /// Schemas decoded from `stats`, by table.
+    schemas: HashMap<String, SchemaRef>,
+}
+
+pub struct Aggregator {
+    transport: Arc<dyn LeafTransport>,
+    ids: Vec<String>,
+    addrs: Vec<String>,
+    cache: RwLock<Vec<LeafCache>>,
+    defaults: QueryDefaults,
+}
+
+impl fmt::Debug for Aggregator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Aggregator").field("leaves", &self.ids).finish()
+    }
+}
+
+impl Aggregator {
+    pub fn new(transport: Arc<dyn LeafTransport>, addrs: Vec<String>, defaults: QueryDefaults) -> Self {
+        let ids = transport.leaf_ids();
+        let cache = ids
+            .iter()
+            .map(|_| LeafCache {
+                state: LeafState::Unknown,
+                stats: None,
+                last_report: None,
+                schemas: HashMap::new(),
+            })
+            .collect();
+        Aggregator {
+            transport,
+            ids,
+            addrs,
+            cache: RwLock::new(cache),
+            defaults,
+        }
+    }
+
+    pub fn leaf_ids(&self) -> &[String] {
+        &self.ids
+    }
+
+    /// Asks every leaf for its stats now (bounded by [`STATS_TIMEOUT_MS`]).
+    pub async fn refresh(&self) {
+        let mut pending: FuturesUnordered<_> = (0..self.ids.len())
+            .map(|i| {
+                let t = Arc::clone(&self.transport);
+                async move {
+                    let r = tokio::time::timeout(Duration::from_millis(STATS_TIMEOUT_MS), t.stats(i)).await;
+                    (i, r)
+                }
+            })
+            .collect();
+        while let Some((i, r)) = pending.next().await {
+            let mut cache = self.cache.write().expect("cache poisoned");
+            let c = &mut cache[i];
+            match r {
+                Ok(Ok(stats)) => {
+                    c.state = if stats.accepting_writes { LeafState::Up } else { LeafState::Restarting };
+                    c.schemas = stats
+                        .tables
+                        .iter()
+                        .filter_map(|t| scuba::ipc::ipc_to_schema(&t.schema_ipc).ok().map(|s| (t.name.clone(), s)))
+                        .collect();
+                    c.stats = Some(stats);
+                    c.last_report = Some(Instant::now());
+                }
+                Ok(Err(MissingReason::Restarting)) => c.state = LeafState::Restarting,
+                _ => c.state = LeafState::Down,
+            }
+        }
+    }
+
+    /// Keeps the cache fresh until the aggregator is dropped.
+    pub fn spawn_poller(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(POLL_INTERVAL_MS));
+            loop {
+                tick.tick().await;
+                let Some(agg) = weak.upgrade() else { return };
+                agg.refresh().await;
+            }
+        });
+    }
+
+    /// Every leaf as last seen.
+    pub fn status(&self) -> Vec<LeafStatus> {
+        let cache = self.cache.read().expect("cache poisoned");
+        cache
+            .iter()
+            .enumerate()
+            .map(|(i, c)| LeafStatus {
+                leaf: self.ids[i].clone(),
+                addr: self.addrs.get(i).cloned().unwrap_or_default(),
+                state: match c.state {
+                    LeafState::Up => "up",
+                    LeafState::Down | LeafState::Unknown => "down",
+                    LeafState::Restarting => "restarting",
+                }
+                .to_string(),
+                last_report_ms_ago: c.last_report.map(|t| t.elapsed().as_millis() as u64),
+                stats: c.stats.clone(),
+            })
+            .collect()
+    }
+
+    /// The union of every leaf's schema for `table` (None if no leaf has it).
+    pub fn table_schema(&self, table: &str) -> Result<Option<SchemaRef>> {
+        let cache = self.cache.read().expect("cache poisoned");
+        let mut unified: Option<SchemaRef> = None;
+        for c in cache.iter() {
+            if let Some(s) = c.schemas.get(table) {
+                unified = Some(match unified {
+                    None => Arc::clone(s),
+                    Some(u) => scuba::schema::unify_schemas(table, &u, s)?,
+                });
+            }
+        }
+        Ok(unified)
+    }
+
+    fn table_names(&self) -> BTreeSet<String> {
+        let cache = self.cache.read().expect("cache poisoned");
+        cache.iter().flat_map(|c| c.schemas.keys().cloned()).collect()
+    }
+
+    /// Rows each leaf last reported for `tables`.
+    fn last_rows(&self, tables: &BTreeSet<String>) -> Vec<u64> {
+        let cache = self.cache.read().expect("cache poisoned");
+        cache
+            .iter()
+            .map(|c| {
+                c.stats.as_ref().map_or(0, |s| {
+                    s.tables.iter().filter(|t| tables.contains(&t.name)).map(|t| t.rows).sum()
+                })
+            })
+            .collect()
+    }
+
+    fn session(&self) -> Result<SessionContext> {
+        let leaves = self.ids.len();
+        let mut config = SessionConfig::new()
+            .with_target_partitions(leaves.clamp(2, 16))
+            .with_round_robin_repartition(false)
+            .with_information_schema(false);
+        config.options_mut().optimizer.enable_dynamic_filter_pushdown = false;
+        // Partial and final aggregates must stay apart: the partial runs on
+        // the leaves. With one leaf nothing separates them, so this rule
+        // would fuse them and raw rows would be shipped.
+        let rules = PhysicalOptimizer::new()
+            .rules
+            .into_iter()
+            .filter(|r| r.name() != "CombinePartialFinalAggregate")
+            .collect();
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_physical_optimizer_rules(rules)
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        for table in self.table_names() {
+            if let Some(schema) = self.table_schema(&table)? {
+                let provider = ClusterTable {
+                    name: table.clone(),
+                    schema,
+                    leaves,
+                };
+                ctx.register_table(table.as_str(), Arc::new(provider))?;
+            }
+        }
+        Ok(ctx)
+    }
+
+    async fn plan(&self, sql: &str) -> Result<Arc<dyn ExecutionPlan>> {
+        let ctx = self.session()?;
+        let df = ctx.sql(sql).await?;
+        Ok(df.create_physical_plan().await?)
+    }
+
+    /// Runs `sql` across the cluster. Never waits past the deadline; missing
+    /// leaves are named in the coverage. Fails on bad SQL, or when coverage
+    /// is below the minimum (the error still carries the coverage).
+    pub async fn query(&self, sql: &str, options: &QueryOptions) -> Result<QueryAnswer> {
+        let started = Instant::now();
+        let timeout_ms = options.timeout_ms.unwrap_or(self.defaults.timeout_ms).clamp(1, QUERY_TIMEOUT_MS_MAX);
+        let min_coverage = options.min_coverage.unwrap_or(self.defaults.min_coverage);
+        let plan = match self.plan(sql).await {
+            Ok(p) => p,
+            Err(AggError::Sql(first)) => {
+                // Perhaps a table or column the cache has not seen yet.
+                self.refresh().await;
+                self.plan(sql).await.map_err(|e| match e {
+                    AggError::Sql(_) => AggError::Sql(first),
+                    other => other,
+                })?
+            }
+            Err(e) => return Err(e),
+        };
+        let mut answer = self.run(plan.clone(), started, timeout_ms).await?;
+        if answer.coverage.missing.iter().any(|m| matches!(&m.reason, MissingReason::Error(e) if e.contains("stale schema")))
+        {
+            self.refresh().await;
+            let plan = self.plan(sql).await?;
+            answer = self.run(plan, started, timeout_ms).await?;
+        }
+        if answer.coverage.coverage < min_coverage {
+            return Err(AggError::CoverageTooLow {
+                min: min_coverage,
+                coverage: answer.coverage,
+            });
+        }
+        Ok(answer)
+    }
+
+    async fn run(&self, plan: Arc<dyn ExecutionPlan>, started: Instant, timeout_ms: u64) -> Result<QueryAnswer> {
+        let mut fragments = Vec::new();
+        let plan = cut(plan, &mut fragments)?;
+        let leaves = self.ids.len();
+        let schema = plan.schema();
+        let tables: BTreeSet<String> = fragments.iter().map(|f| f.table.clone()).collect();
+        let last_rows = self.last_rows(&tables);
+
+        let mut per_leaf: Vec<Vec<Vec<RecordBatch>>> = vec![vec![Vec::new(); fragments.len()]; leaves];
+        let coverage = if fragments.is_empty() {
+            Coverage::compute(&vec![0; leaves], vec![])
+        } else {
+            let encoded: Vec<(String, Arc<Vec<u8>>)> = fragments
+                .iter()
+                .map(|f| Ok((f.table.clone(), Arc::new(encode_fragment(Arc::clone(&f.plan))?))))
+                .collect::<Result<_>>()?;
+            let mut fan = FanOut::new(leaves, timeout_ms);
+            let down: Vec<bool> = {
+                let cache = self.cache.read().expect("cache poisoned");
+                cache.iter().map(|c| c.state == LeafState::Down).collect()
+            };
+            let mut pending = FuturesUnordered::new();
+            for (leaf, is_down) in down.iter().enumerate() {
+                if *is_down {
+                    // The poller found it unreachable; do not spend the
+                    // deadline on it. It comes back at the next poll.
+                    fan.record(leaf, elapsed_ms(started), Outcome::Missing(MissingReason::Unreachable));
+                    continue;
+                }
+                let transport = Arc::clone(&self.transport);
+                let encoded = encoded.clone();
+                pending.push(async move {
+                    let mut out = Vec::with_capacity(encoded.len());
+                    let mut rows_by_table: HashMap<String, u64> = HashMap::new();
+                    for (table, plan) in encoded {
+                        let reply = transport.fragment(leaf, &table, plan).await?;
+                        rows_by_table.insert(table, reply.table_rows);
+                        out.push(reply.batches);
+                    }
+                    Ok::<_, MissingReason>((out, rows_by_table.values().sum::<u64>()))
+                }.map(move |r| (leaf, r)));
+            }
+            let deadline = tokio::time::Instant::from_std(started) + Duration::from_millis(timeout_ms);
+            while !fan.is_done() {
+                match tokio::time::timeout_at(deadline, pending.next()).await {
+                    Ok(Some((leaf, result))) => {
+                        let now = elapsed_ms(started);
+                        match result {
+                            Ok((batches, table_rows)) => {
+                                match conform(&fragments, batches) {
+                                    Ok(b) => {
+                                        if fan.record(leaf, now, Outcome::Answered { table_rows }) {
+                                            per_leaf[leaf] = b;
+                                        }
+                                    }
+                                    Err(e) => {
+                                        fan.record(leaf, now, Outcome::Missing(MissingReason::Error(e)));
+                                    }
+                                }
+                            }
+                            Err(reason) => {
+                                fan.record(leaf, now, Outcome::Missing(reason));
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => fan.expire(elapsed_ms(started).max(timeout_ms)),
+                }
+            }
+            // Dropping the futures still pending cancels their requests.
+            drop(pending);
+            fan.expire(u64::MAX);
+            for (leaf, batches) in per_leaf.iter_mut().enumerate() {
+                if !matches!(fan.outcome(leaf), Some(Outcome::Answered { .. })) {
+                    batches.iter_mut().for_each(Vec::clear);
+                }
+            }
+            fan.coverage(&self.ids, &last_rows)
+        };
+
+        let plan = if fragments.is_empty() {
+            plan
+        } else {
+            let sources: Vec<Arc<dyn ExecutionPlan>> = fragments
+                .iter()
+                .enumerate()
+                .map(|(k, f)| {
+                    let partitions: Vec<Vec<RecordBatch>> = per_leaf.iter().map(|l| l[k].clone()).collect();
+                    let exec: Arc<dyn ExecutionPlan> =
+                        MemorySourceConfig::try_new_exec(&partitions, f.plan.schema(), None)?;
+                    Ok(exec)
+                })
+                .collect::<DfResult<_>>()?;
+            splice(plan, &sources)?
+        };
+        let ctx = SessionContext::new();
+        let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx()).await?;
+        Ok(QueryAnswer {
+            schema,
+            batches,
+            coverage,
+            notes: Vec::new(),
+        })
+    }
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    started.elapsed().as_millis() as u64
+}
+
+/// Checks that a leaf's batches have its fragments' schemas and relabels
+/// them with the aggregator's schema objects.
+fn conform(fragments: &[Fragment], per_fragment: Vec<Vec<RecordBatch>>) -> std::result::Result<Vec<Vec<RecordBatch>>, String> {
+    fragments
+        .iter()
+        .zip(per_fragment)
+        .map(|(f, batches)| {
+            let schema = f.plan.schema();
+            batches
+                .into_iter()
+                .map(|b| {
+                    RecordBatch::try_new_with_options(
+                        Arc::clone(&schema),
+                        b.columns().to_vec(),
+                        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+                    )
+                    .map_err(|e| format!("reply does not match the fragment's schema: {e}"))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A part of the plan that runs on every leaf.
+#[derive(Debug)]
+struct Fragment {
+    table: String,
+    plan: Arc<dyn ExecutionPlan>,
+}
+
+/// Marks where a fragment was cut out; replaced by the leaves' results.
+#[derive(Debug)]
+struct FragmentSlot {
+    index: usize,
+    inner: Arc<dyn ExecutionPlan>,
+}
+
+fn is_exchange(plan: &dyn ExecutionPlan) -> bool {
+    plan.is::<CoalescePartitionsExec>() || plan.is::<SortPreservingMergeExec>() || plan.is::<RepartitionExec>()
+}
+
+fn scan_table(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
+    if let Some(scan) = plan.downcast_ref::<LeafScanExec>() {
+        return Some(scan.table().to_string());
+    }
+    let children = plan.children();
+    if children.len() == 1 {
+        scan_table(children[0])
+    } else {
+        None
+    }
+}
+
+/// Whether `plan` is a chain of one-input nodes ending at a leaf scan, with
+/// no exchange in it: it may run on every leaf, partition by partition.
+fn is_fragment(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    if plan.is::<LeafScanExec>() {
+        return true;
+    }
+    if is_exchange(plan.as_ref()) {
+        return false;
+    }
+    let children = plan.children();
+    children.len() == 1 && is_fragment(children[0])
+}
+
+/// Cuts every maximal fragment out of `plan`, replacing each with a slot.
+fn cut(plan: Arc<dyn ExecutionPlan>, fragments: &mut Vec<Fragment>) -> Result<Arc<dyn ExecutionPlan>> {
+    if is_fragment(&plan) {
+        let table = scan_table(&plan).ok_or_else(|| AggError::Internal("fragment without a scan".into()))?;
+        let index = fragments.len();
+        fragments.push(Fragment {
+            table,
+            plan: Arc::clone(&plan),
+        });
+        return Ok(Arc::new(SlotMarker(FragmentSlot { index, inner: plan })));
+    }
+    let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
+    if children.is_empty() {
+        return Ok(plan);
+    }
+    let new_children = children
+        .into_iter()
+        .map(|c| cut(c, fragments))
+        .collect::<Result<Vec<_>>>()?;
+    #[allow(deprecated)]
+    Ok(plan.with_new_children(new_children)?)
+}
+
+/// Replaces each slot with the leaves' results for its fragment.
+fn splice(plan: Arc<dyn ExecutionPlan>, sources: &[Arc<dyn ExecutionPlan>]) -> DfResult<Arc<dyn ExecutionPlan>> {
+    if let Some(slot) = plan.downcast_ref::<SlotMarker>() {
+        return Ok(Arc::clone(&sources[slot.0.index]));
+    }
+    let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
+    if children.is_empty() {
+        return Ok(plan);
+    }
+    let new_children = children
+        .into_iter()
+        .map(|c| splice(c, sources))
+        .collect::<DfResult<Vec<_>>>()?;
+    #[allow(deprecated)]
+    plan.with_new_children(new_children)
+}
+
+/// The slot as a plan node: it has the fragment's properties, so the plan
+/// above it stays valid until [`splice`] swaps it out. Never executed.
+#[derive(Debug)]
+struct SlotMarker(FragmentSlot);
+
+impl datafusion::physical_plan::DisplayAs for SlotMarker {
+    fn fmt_as(&self, _t: datafusion::physical_plan::DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "FragmentSlot: {}", self.0.index)
+    }
+}
+
+impl ExecutionPlan for SlotMarker {
+    fn name(&self) -> &str {
+        "FragmentSlot"
+    }
+
+    fn properties(&self) -> &Arc<datafusion::physical_plan::PlanProperties> {
+        self.0.inner.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(
+            &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+        ) -> DfResult<datafusion::common::tree_node::TreeNodeRecursion>,
+    ) -> DfResult<datafusion::common::tree_node::TreeNodeRecursion> {
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        _partition: usize,
+        _context: Arc<datafusion::execution::TaskContext>,
+    ) -> DfResult<datafusion::execution::SendableRecordBatchStream> {
+        Err(datafusion::error::DataFusionError::Internal("a fragment slot was not spliced".into()))
+    }
+}
+
+/// A table as the aggregator sees it: the union of the leaves' schemas; a
+/// scan becomes a [`LeafScanExec`] with one partition per leaf. Statistics
+/// stay unknown, so no aggregate is answered from them at the aggregator.
+#[derive(Debug)]
+struct ClusterTable {
+    name: String,
+    schema: SchemaRef,
+    leaves: usize,
+}
+
+#[async_trait]
+impl TableProvider for ClusterTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => Arc::clone(&self.schema),
+        };
+        Ok(Arc::new(LeafScanExec::new(&self.name, schema, self.leaves)))
+    }
+}

@@ -1,0 +1,321 @@
+//! The ingest client: lines in, batches placed on leaves, counts out.
+//!
+//! ```text
+//!  reader thread: LineReader -> BatchBuilder -> IPC ──bounded channel (INGEST_INFLIGHT_MAX)──┐
+//!                      │ bad line -> Rejection{line, reason}                                 │
+//!  async sender: <─────┴──────────────────────────────────────────────────────────────────────┘
+//!     up to INGEST_INFLIGHT_MAX batches in flight; each goes to the better of two random
+//!     leaves (free memory); unreachable / full / restarting -> next leaf, same batch id
+//! ```
+//!
+//! A batch is counted as ingested only when a leaf acknowledged it (applied
+//! and logged). Retries reuse the batch id, so a leaf that already applied it
+//! does not apply it again. When every leaf refuses a batch the ingest stops
+//! and says how many rows landed.
+
+use std::io::BufRead;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use scuba::decode::{BatchBuilder, InputFormat, Line, LineReader, Rejection};
+use scuba::limits::{INGEST_ATTEMPTS_MAX, INGEST_INFLIGHT_MAX, LINE_BYTES_MAX};
+use scuba::wire::{BatchId, ErrorKind};
+use tokio::sync::mpsc;
+
+use crate::error::Result;
+use crate::placement::two_choices;
+use crate::transport::{IngestFailure, LeafTransport};
+
+/// Rejections kept for the report (all are counted; the first are kept).
+pub const REJECTIONS_KEPT_MAX: usize = 1_000;
+
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    pub table: String,
+    pub format: InputFormat,
+    pub time_column: String,
+    /// Seeds placement; random when `None`.
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct IngestReport {
+    pub lines_read: u64,
+    pub rows_ingested: u64,
+    pub rows_rejected: u64,
+    pub batches: u64,
+    pub retries: u64,
+    pub seconds: f64,
+    /// The first [`REJECTIONS_KEPT_MAX`] rejections, in input order per batch.
+    pub rejections: Vec<Rejection>,
+    /// Why the ingest stopped before the end of its input, if it did.
+    pub stopped: Option<String>,
+}
+
+impl IngestReport {
+    pub fn rows_per_s(&self) -> f64 {
+        self.rows_ingested as f64 / self.seconds.max(1e-9)
+    }
+
+    fn reject(&mut self, r: Rejection, on_rejection: &mut impl FnMut(&Rejection)) {
+        self.rows_rejected += 1;
+        on_rejection(&r);
+        if self.rejections.len() < REJECTIONS_KEPT_MAX {
+            self.rejections.push(r);
+        }
+    }
+}
+
+enum Msg {
+    Batch { ipc: Arc<Vec<u8>>, lines: Vec<u64> },
+    Rejected(Rejection),
+    Failed(String),
+}
+
+/// The table's schema across the leaves that answer, and their free memory.
+async fn survey(transport: &Arc<dyn LeafTransport>, table: &str) -> Result<(Option<SchemaRef>, Vec<u64>)> {
+    let n = transport.leaf_ids().len();
+    let mut free = vec![0u64; n];
+    let mut schema: Option<SchemaRef> = None;
+    let mut pending: FuturesUnordered<_> = (0..n)
+        .map(|i| {
+            let t = Arc::clone(transport);
+            async move { (i, tokio::time::timeout(Duration::from_secs(2), t.stats(i)).await) }
+        })
+        .collect();
+    while let Some((i, r)) = pending.next().await {
+        if let Ok(Ok(stats)) = r {
+            free[i] = stats.memory_free_bytes();
+            if let Some(t) = stats.tables.iter().find(|t| t.name == table) {
+                let s = scuba::ipc::ipc_to_schema(&t.schema_ipc)?;
+                schema = Some(match schema {
+                    None => s,
+                    Some(u) => scuba::schema::unify_schemas(table, &u, &s)?,
+                });
+            }
+        }
+    }
+    Ok((schema, free))
+}
+
+fn read_input<R: BufRead>(input: R, options: &IngestOptions, known: Option<SchemaRef>, tx: mpsc::Sender<Msg>) {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    let mut builder = BatchBuilder::new(&options.table, &options.time_column, now_us);
+    if let Some(schema) = &known {
+        builder = builder.with_known_types(schema);
+    }
+    let mut reader = LineReader::new(input);
+    let send_batch = |builder: &mut BatchBuilder, tx: &mpsc::Sender<Msg>| -> bool {
+        match builder.finish() {
+            Ok(Some(decoded)) => match scuba::ipc::batches_to_ipc(&decoded.batch.schema(), &[decoded.batch]) {
+                Ok(ipc) => tx
+                    .blocking_send(Msg::Batch {
+                        ipc: Arc::new(ipc),
+                        lines: decoded.lines,
+                    })
+                    .is_ok(),
+                Err(e) => tx.blocking_send(Msg::Failed(e.to_string())).is_ok() && false,
+            },
+            Ok(None) => true,
+            Err(e) => tx.blocking_send(Msg::Failed(e.to_string())).is_ok() && false,
+        }
+    };
+    loop {
+        let line = match reader.next_line() {
+            Ok(Some(l)) => l,
+            Ok(None) => break,
+            Err(e) => {
+                let _ = tx.blocking_send(Msg::Failed(format!("reading input: {e}")));
+                return;
+            }
+        };
+        let result = match line {
+            Line::Text { number, text } => {
+                if text.trim().is_empty() {
+                    continue;
+                }
+                match options.format {
+                    InputFormat::Jsonl => builder.push_json(number, text),
+                    InputFormat::Csv => builder.push_csv(number, text),
+                }
+            }
+            Line::Oversized { number, len_bytes } => Err(Rejection {
+                line: number,
+                reason: format!("line of {len_bytes} bytes exceeds the limit of {LINE_BYTES_MAX} bytes"),
+            }),
+            Line::NotUtf8 { number } => Err(Rejection {
+                line: number,
+                reason: "not valid UTF-8".to_string(),
+            }),
+        };
+        if let Err(r) = result {
+            if tx.blocking_send(Msg::Rejected(r)).is_err() {
+                return;
+            }
+        }
+        if builder.is_full() && !send_batch(&mut builder, &tx) {
+            return;
+        }
+    }
+    send_batch(&mut builder, &tx);
+}
+
+/// Ingests every line of `input` into `options.table`. `on_rejection` sees
+/// each rejected line as it happens; `on_progress` gets rows acknowledged.
+pub async fn ingest<R: BufRead + Send + 'static>(
+    transport: Arc<dyn LeafTransport>,
+    input: R,
+    options: IngestOptions,
+    mut on_rejection: impl FnMut(&Rejection),
+    mut on_progress: impl FnMut(u64),
+) -> Result<IngestReport> {
+    scuba::schema::check_name(&options.table)?;
+    let started = Instant::now();
+    let (known, free) = survey(&transport, &options.table).await?;
+    let n = free.len();
+    let free = Arc::new(Mutex::new(free));
+    let seed = options.seed.unwrap_or_else(rand::random);
+    let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(seed)));
+    let session: u64 = StdRng::seed_from_u64(seed ^ 0x5eed).random();
+    let table: Arc<str> = Arc::from(options.table.as_str());
+
+    let (tx, mut rx) = mpsc::channel::<Msg>(INGEST_INFLIGHT_MAX);
+    let reader_options = options.clone();
+    let reader = std::thread::spawn(move || read_input(input, &reader_options, known, tx));
+
+    let mut report = IngestReport::default();
+    let mut in_flight = FuturesUnordered::new();
+    let mut seq = 0u64;
+    let mut input_done = false;
+    loop {
+        let can_take = !input_done && in_flight.len() < INGEST_INFLIGHT_MAX && report.stopped.is_none();
+        tokio::select! {
+            msg = rx.recv(), if can_take => match msg {
+                None => input_done = true,
+                Some(Msg::Rejected(r)) => report.reject(r, &mut on_rejection),
+                Some(Msg::Failed(e)) => report.stopped = Some(e),
+                Some(Msg::Batch { ipc, lines }) => {
+                    seq += 1;
+                    let id = BatchId { session, seq };
+                    in_flight.push(send_batch(Arc::clone(&transport), Arc::clone(&table), id, ipc, lines, n,
+                        Arc::clone(&free), Arc::clone(&rng)));
+                }
+            },
+            done = in_flight.next(), if !in_flight.is_empty() => {
+                let Some(done) = done else { continue };
+                report.retries += done.retries;
+                match done.result {
+                    Ok(rows) => {
+                        report.rows_ingested += rows;
+                        report.batches += 1;
+                        on_progress(report.rows_ingested);
+                    }
+                    Err(BatchFailure::Rejected(reason)) => {
+                        for line in done.lines {
+                            report.reject(Rejection { line, reason: reason.clone() }, &mut on_rejection);
+                        }
+                    }
+                    Err(BatchFailure::NoLeaf(reason)) => {
+                        let first = done.lines.first().copied().unwrap_or(0);
+                        let last = done.lines.last().copied().unwrap_or(0);
+                        if report.stopped.is_none() {
+                            report.stopped = Some(format!(
+                                "every leaf refused the batch of lines {first}-{last} ({reason})"
+                            ));
+                        }
+                    }
+                }
+            },
+            else => break,
+        }
+        if (input_done || report.stopped.is_some()) && in_flight.is_empty() {
+            break;
+        }
+    }
+    drop(rx);
+    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.lines_read = report.rows_ingested + report.rows_rejected;
+    if let Some(why) = &report.stopped {
+        report.stopped = Some(format!("ingest stopped: {why}; {} rows landed before it stopped", report.rows_ingested));
+    }
+    Ok(report)
+}
+
+enum BatchFailure {
+    /// The leaf refused the rows themselves (type conflict, bad input).
+    Rejected(String),
+    /// No leaf would take the batch.
+    NoLeaf(String),
+}
+
+struct BatchDone {
+    lines: Vec<u64>,
+    retries: u64,
+    result: std::result::Result<u64, BatchFailure>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_batch(
+    transport: Arc<dyn LeafTransport>,
+    table: Arc<str>,
+    id: BatchId,
+    ipc: Arc<Vec<u8>>,
+    lines: Vec<u64>,
+    leaves: usize,
+    free: Arc<Mutex<Vec<u64>>>,
+    rng: Arc<Mutex<StdRng>>,
+) -> BatchDone {
+    let mut excluded = vec![false; leaves];
+    let mut last_error = String::from("no leaves");
+    let mut retries = 0;
+    for attempt in 0..INGEST_ATTEMPTS_MAX.max(leaves) {
+        let pick = {
+            let free = free.lock().expect("poisoned");
+            let mut rng = rng.lock().expect("poisoned");
+            two_choices(&mut *rng, &free, &excluded)
+        };
+        let Some(leaf) = pick else { break };
+        if attempt > 0 {
+            retries += 1;
+        }
+        match transport.ingest(leaf, &table, id, Arc::clone(&ipc)).await {
+            Ok(ack) => {
+                free.lock().expect("poisoned")[leaf] = ack.memory_free_bytes;
+                return BatchDone {
+                    lines,
+                    retries,
+                    result: Ok(ack.rows),
+                };
+            }
+            Err(IngestFailure::Refused(e)) if matches!(e.kind, ErrorKind::TypeConflict | ErrorKind::BadRequest) => {
+                return BatchDone {
+                    lines,
+                    retries,
+                    result: Err(BatchFailure::Rejected(e.message)),
+                };
+            }
+            Err(IngestFailure::Refused(e)) => {
+                last_error = e.message;
+                excluded[leaf] = true;
+            }
+            Err(IngestFailure::Unreachable(e)) => {
+                last_error = format!("leaf {}: {e}", transport.leaf_ids()[leaf]);
+                excluded[leaf] = true;
+            }
+        }
+    }
+    BatchDone {
+        lines,
+        retries,
+        result: Err(BatchFailure::NoLeaf(last_error)),
+    }
+}

@@ -1,0 +1,30 @@
+//! # scuba-aggregator: placement, fan-out, merge and coverage
+//!
+//! ```text
+//!  scubactl ingest ──ingest::ingest──> placement::two_choices ──transport──> leaves
+//!
+//!  scubactl query ──server──> engine::Aggregator::query
+//!        │ plan with DataFusion over ClusterTable (union of leaf schemas)
+//!        │ cut fragments at the first exchange above each leaf scan
+//!        v
+//!  transport::LeafTransport (QUIC, or in-process for embedded::Database)
+//!        │ fanout::FanOut: deadline, who answered, why others did not
+//!        v
+//!  merge plan over per-leaf partitions ──> answer + scuba::Coverage
+//! ```
+//!
+//! [`config`] reads the cluster file, [`certs`] makes its CA and node
+//! certificates. [`embedded::Database`] is the whole thing in one process.
+
+pub mod certs;
+pub mod config;
+pub mod embedded;
+pub mod engine;
+pub mod error;
+pub mod fanout;
+pub mod ingest;
+pub mod placement;
+pub mod server;
+pub mod transport;
+
+pub use error::{AggError, Result};

@@ -1,0 +1,244 @@
+//! How the aggregator and the ingest client reach leaves: over QUIC
+//! ([`QuicTransport`]) or in the same process ([`InProcessTransport`], the
+//! embedded database). Both run the same leaf code; the fan-out and the
+//! ingest client are written against [`LeafTransport`] alone.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::record_batch::RecordBatch;
+use futures::StreamExt;
+use quinn::{Connection, Endpoint};
+use scuba::coverage::MissingReason;
+use scuba::wire::{BatchId, ErrorKind, LeafStats, Request, Response, WireError, PROTOCOL_VERSION};
+use scuba_leaf::net::{connect, read_frame, request};
+use scuba_leaf::{Leaf, LeafError};
+use tokio::sync::Mutex;
+
+/// How long a connection attempt to a leaf may take.
+pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+
+/// A leaf's answer to a fragment.
+#[derive(Debug, Clone)]
+pub struct FragmentReply {
+    pub batches: Vec<RecordBatch>,
+    /// The table's rows on that leaf when it scanned.
+    pub table_rows: u64,
+}
+
+/// Why a batch did not land on a leaf.
+#[derive(Debug, Clone)]
+pub enum IngestFailure {
+    /// The leaf could not be reached or did not answer: try another.
+    Unreachable(String),
+    /// The leaf answered with an error.
+    Refused(WireError),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct IngestAck {
+    pub rows: u64,
+    pub duplicate: bool,
+    pub memory_free_bytes: u64,
+}
+
+/// Reaches leaves by index (their order in the cluster file).
+///
+/// Methods do not time out by themselves beyond connection setup: callers
+/// wrap them in their deadline, and dropping a future cancels the request
+/// (its QUIC stream is reset and the leaf stops working on it).
+#[async_trait]
+pub trait LeafTransport: Send + Sync + 'static {
+    fn leaf_ids(&self) -> Vec<String>;
+    async fn stats(&self, leaf: usize) -> Result<LeafStats, MissingReason>;
+    async fn fragment(&self, leaf: usize, table: &str, plan: Arc<Vec<u8>>) -> Result<FragmentReply, MissingReason>;
+    async fn ingest(&self, leaf: usize, table: &str, batch_id: BatchId, ipc: Arc<Vec<u8>>) -> Result<IngestAck, IngestFailure>;
+}
+
+fn reason_of(e: &WireError) -> MissingReason {
+    match e.kind {
+        ErrorKind::Restarting => MissingReason::Restarting,
+        _ => MissingReason::Error(e.message.clone()),
+    }
+}
+
+/// Leaves over QUIC, one cached connection each.
+pub struct QuicTransport {
+    endpoint: Endpoint,
+    leaves: Vec<(String, SocketAddr)>,
+    connections: Vec<Mutex<Option<Connection>>>,
+}
+
+impl QuicTransport {
+    pub fn new(endpoint: Endpoint, leaves: Vec<(String, SocketAddr)>) -> Self {
+        let connections = leaves.iter().map(|_| Mutex::new(None)).collect();
+        QuicTransport {
+            endpoint,
+            leaves,
+            connections,
+        }
+    }
+
+    async fn connection(&self, leaf: usize) -> Result<Connection, MissingReason> {
+        let mut slot = self.connections[leaf].lock().await;
+        if let Some(c) = slot.as_ref() {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        *slot = None;
+        let addr = self.leaves[leaf].1;
+        let conn = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect(&self.endpoint, addr))
+            .await
+            .map_err(|_| MissingReason::Unreachable)?
+            .map_err(|_| MissingReason::Unreachable)?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn forget(&self, leaf: usize) {
+        *self.connections[leaf].lock().await = None;
+    }
+
+    async fn call(&self, leaf: usize, req: &Request) -> Result<quinn::RecvStream, MissingReason> {
+        let conn = self.connection(leaf).await?;
+        match request(&conn, req).await {
+            Ok(r) => Ok(r),
+            Err(_) => {
+                self.forget(leaf).await;
+                Err(MissingReason::Unreachable)
+            }
+        }
+    }
+}
+
+fn lost(e: LeafError) -> MissingReason {
+    match e {
+        LeafError::Net(_) => MissingReason::Unreachable,
+        other => MissingReason::Error(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl LeafTransport for QuicTransport {
+    fn leaf_ids(&self) -> Vec<String> {
+        self.leaves.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    async fn stats(&self, leaf: usize) -> Result<LeafStats, MissingReason> {
+        let mut recv = self.call(leaf, &Request::LeafStats).await?;
+        match read_frame::<Response>(&mut recv).await.map_err(lost)? {
+            Some(Response::Stats(s)) => Ok(s),
+            Some(Response::Error(e)) => Err(reason_of(&e)),
+            other => Err(MissingReason::Error(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    async fn fragment(&self, leaf: usize, table: &str, plan: Arc<Vec<u8>>) -> Result<FragmentReply, MissingReason> {
+        let req = Request::Fragment {
+            protocol_version: PROTOCOL_VERSION,
+            table: table.to_string(),
+            plan: plan.as_ref().clone(),
+        };
+        let mut recv = self.call(leaf, &req).await?;
+        let mut batches = Vec::new();
+        // Buffer until the terminal frame: a reply cut mid-way is a missing
+        // leaf, never a smaller answer.
+        loop {
+            match read_frame::<Response>(&mut recv).await.map_err(lost)? {
+                Some(Response::Batches(ipc)) => {
+                    let (_, b) = scuba::ipc::ipc_to_batches(&ipc).map_err(|e| MissingReason::Error(e.to_string()))?;
+                    batches.extend(b);
+                }
+                Some(Response::FragmentDone { table_rows }) => return Ok(FragmentReply { batches, table_rows }),
+                Some(Response::Error(e)) => return Err(reason_of(&e)),
+                Some(other) => return Err(MissingReason::Error(format!("unexpected reply {other:?}"))),
+                None => return Err(MissingReason::Unreachable),
+            }
+        }
+    }
+
+    async fn ingest(&self, leaf: usize, table: &str, batch_id: BatchId, ipc: Arc<Vec<u8>>) -> Result<IngestAck, IngestFailure> {
+        let req = Request::Ingest {
+            table: table.to_string(),
+            batch_id,
+            ipc: ipc.as_ref().clone(),
+        };
+        let unreachable = |e: String| IngestFailure::Unreachable(e);
+        let mut recv = self
+            .call(leaf, &req)
+            .await
+            .map_err(|r| unreachable(r.to_string()))?;
+        match read_frame::<Response>(&mut recv).await {
+            Ok(Some(Response::IngestAck {
+                rows,
+                duplicate,
+                memory_free_bytes,
+            })) => Ok(IngestAck {
+                rows,
+                duplicate,
+                memory_free_bytes,
+            }),
+            Ok(Some(Response::Error(e))) => Err(IngestFailure::Refused(e)),
+            Ok(other) => Err(unreachable(format!("unexpected reply {other:?}"))),
+            Err(e) => Err(unreachable(e.to_string())),
+        }
+    }
+}
+
+/// Leaves in this process: the embedded database.
+pub struct InProcessTransport {
+    leaves: Vec<Arc<Leaf>>,
+}
+
+impl InProcessTransport {
+    pub fn new(leaves: Vec<Arc<Leaf>>) -> Self {
+        InProcessTransport { leaves }
+    }
+
+    pub fn leaves(&self) -> &[Arc<Leaf>] {
+        &self.leaves
+    }
+}
+
+#[async_trait]
+impl LeafTransport for InProcessTransport {
+    fn leaf_ids(&self) -> Vec<String> {
+        self.leaves.iter().map(|l| l.id().to_string()).collect()
+    }
+
+    async fn stats(&self, leaf: usize) -> Result<LeafStats, MissingReason> {
+        Ok(self.leaves[leaf].stats())
+    }
+
+    async fn fragment(&self, leaf: usize, table: &str, plan: Arc<Vec<u8>>) -> Result<FragmentReply, MissingReason> {
+        let leaf = &self.leaves[leaf];
+        let (table_rows, mut stream) = leaf.run_fragment(table, &plan).map_err(|e| MissingReason::Error(e.to_string()))?;
+        let mut batches = Vec::new();
+        while let Some(b) = stream.next().await {
+            let b = b.map_err(|e| MissingReason::Error(e.to_string()))?;
+            if b.num_rows() > 0 {
+                batches.push(b);
+            }
+        }
+        Ok(FragmentReply { batches, table_rows })
+    }
+
+    async fn ingest(&self, leaf: usize, table: &str, batch_id: BatchId, ipc: Arc<Vec<u8>>) -> Result<IngestAck, IngestFailure> {
+        let leaf = Arc::clone(&self.leaves[leaf]);
+        let table = table.to_string();
+        let outcome = tokio::task::spawn_blocking(move || leaf.ingest(&table, batch_id, &ipc))
+            .await
+            .map_err(|e| IngestFailure::Unreachable(e.to_string()))?;
+        match outcome {
+            Ok(o) => Ok(IngestAck {
+                rows: o.rows,
+                duplicate: o.duplicate,
+                memory_free_bytes: o.memory_free_bytes,
+            }),
+            Err(e) => Err(IngestFailure::Refused(e.to_wire())),
+        }
+    }
+}

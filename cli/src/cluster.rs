@@ -1,0 +1,249 @@
+//! A local cluster on 127.0.0.1, kept in one folder:
+//!
+//! ```text
+//!  DIR/cluster.toml        the cluster file (leaves, addresses, tls_dir)
+//!  DIR/tls/                CA, and a certificate + key per node (leaf-i, aggregator, client)
+//!  DIR/leaves/leaf-i/      each leaf's disk log
+//!  DIR/run/NAME.pid        pids of running processes
+//!  DIR/logs/NAME.log       their logs
+//! ```
+//!
+//! `up` starts whatever is not running (so it also restarts a crashed leaf,
+//! which recovers from its log); `down` stops everything.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use scuba_aggregator::config::{AggregatorConfig, ClusterConfig, LeafConfig};
+use scuba_aggregator::transport::{LeafTransport, QuicTransport};
+use scuba_leaf::net::{client_endpoint, TlsFiles};
+
+pub const CLUSTER_FILE: &str = "cluster.toml";
+/// How long `up` waits for every process to answer.
+pub const STARTUP_TIMEOUT_MS: u64 = 30_000;
+
+/// The folder used when neither `--cluster` nor `--dir` is given.
+pub fn default_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SCUBA_DIR") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".scuba").join("local")
+}
+
+/// Where the cluster file is, from `--cluster` or `--dir`.
+pub fn cluster_file(cluster: Option<&Path>, dir: Option<&Path>) -> PathBuf {
+    match (cluster, dir) {
+        (Some(c), _) => c.to_path_buf(),
+        (None, Some(d)) => d.join(CLUSTER_FILE),
+        (None, None) => default_dir().join(CLUSTER_FILE),
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let s = UdpSocket::bind("127.0.0.1:0")?;
+    Ok(s.local_addr()?.port())
+}
+
+fn pid_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join("run").join(format!("{name}.pid"))
+}
+
+/// The pid in `DIR/run/NAME.pid` if that process is alive and is scubactl.
+pub fn running_pid(dir: &Path, name: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_path(dir, name)).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    if cmdline.contains("scubactl") && cmdline.contains(name) && !is_zombie(pid) {
+        Some(pid)
+    } else {
+        None
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// Writes a new cluster file with free ports and certificates.
+fn create(dir: &Path, leaves: usize, memory_limit_bytes: Option<u64>) -> Result<ClusterConfig> {
+    std::fs::create_dir_all(dir)?;
+    let host = "127.0.0.1";
+    let aggregator = AggregatorConfig {
+        addr: format!("{host}:{}", free_port()?).parse()?,
+        timeout_ms: scuba::limits::QUERY_TIMEOUT_MS_DEFAULT,
+        min_coverage: 0.0,
+    };
+    let leaves = (0..leaves)
+        .map(|i| {
+            Ok(LeafConfig {
+                id: format!("leaf-{i}"),
+                addr: format!("{host}:{}", free_port()?).parse()?,
+                data_dir: PathBuf::from("leaves").join(format!("leaf-{i}")),
+                memory_limit_bytes,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let config = ClusterConfig {
+        tls_dir: PathBuf::from("tls"),
+        aggregator,
+        leaves,
+        base_dir: dir.to_path_buf(),
+    };
+    let mut nodes: Vec<String> = config.leaves.iter().map(|l| l.id.clone()).collect();
+    nodes.push("aggregator".into());
+    nodes.push("client".into());
+    scuba_aggregator::certs::generate(&dir.join("tls"), &nodes)?;
+    config.save(&dir.join(CLUSTER_FILE))?;
+    Ok(config)
+}
+
+fn spawn(dir: &Path, name: &str, args: &[&str]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(dir.join("run"))?;
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("logs").join(format!("{name}.log")))?;
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    std::fs::write(pid_path(dir, name), child.id().to_string())?;
+    Ok(())
+}
+
+/// Starts every process of the cluster in `dir` that is not running.
+pub async fn up(dir: &Path, leaves: usize, memory_limit_bytes: Option<u64>, fsync: &str) -> Result<ClusterConfig> {
+    let file = dir.join(CLUSTER_FILE);
+    let config = if file.exists() {
+        let c = ClusterConfig::load(&file)?;
+        if c.leaves.len() != leaves {
+            eprintln!(
+                "note: {} already holds a cluster of {} leaves; starting that one",
+                dir.display(),
+                c.leaves.len()
+            );
+        }
+        c
+    } else {
+        create(dir, leaves, memory_limit_bytes)?
+    };
+    let file_s = file.to_string_lossy().to_string();
+    let mut started = Vec::new();
+    for leaf in &config.leaves {
+        if running_pid(dir, &leaf.id).is_none() {
+            spawn(dir, &leaf.id, &["leaf", "serve", "--cluster", &file_s, "--id", &leaf.id, "--fsync", fsync])?;
+            started.push(leaf.id.clone());
+        }
+    }
+    if running_pid(dir, "aggregator").is_none() {
+        spawn(dir, "aggregator", &["aggregator", "serve", "--cluster", &file_s])?;
+        started.push("aggregator".into());
+    }
+    wait_ready(&config).await?;
+    if !started.is_empty() {
+        eprintln!("started {}", started.join(", "));
+    }
+    Ok(config)
+}
+
+/// Waits until every leaf answers and the aggregator sees them all.
+async fn wait_ready(config: &ClusterConfig) -> Result<()> {
+    let tls = TlsFiles::in_dir(&config.tls_dir(), "client");
+    let endpoint = client_endpoint(&tls)?;
+    let leaves: Vec<(String, SocketAddr)> = config.leaves.iter().map(|l| (l.id.clone(), l.addr)).collect();
+    let transport = Arc::new(QuicTransport::new(endpoint.clone(), leaves));
+    let deadline = Instant::now() + Duration::from_millis(STARTUP_TIMEOUT_MS);
+    for (i, leaf) in config.leaves.iter().enumerate() {
+        loop {
+            if transport.stats(i).await.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("leaf {} did not start; see its log under logs/", leaf.id);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let client = crate::client::Client::connect_config(config).await;
+    loop {
+        if let Ok(c) = &client {
+            if let Ok(status) = c.status().await {
+                if status.iter().all(|s| s.state == "up") {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the aggregator did not see every leaf up; see logs/aggregator.log");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if client.is_err() {
+            return Box::pin(async { wait_aggregator(config, deadline).await }).await;
+        }
+    }
+}
+
+async fn wait_aggregator(config: &ClusterConfig, deadline: Instant) -> Result<()> {
+    loop {
+        if let Ok(c) = crate::client::Client::connect_config(config).await {
+            if let Ok(status) = c.status().await {
+                if status.iter().all(|s| s.state == "up") {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the aggregator did not start; see logs/aggregator.log");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Signals a process and waits for it to exit (SIGKILL after a grace period).
+pub fn stop(dir: &Path, name: &str, signal: i32) -> Result<bool> {
+    let Some(pid) = running_pid(dir, name) else {
+        let _ = std::fs::remove_file(pid_path(dir, name));
+        return Ok(false);
+    };
+    // SAFETY: kill(2) with a pid we verified is our own scubactl process.
+    unsafe { libc::kill(pid, signal) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running_pid(dir, name).is_some() {
+        if Instant::now() > deadline {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_file(pid_path(dir, name));
+    Ok(true)
+}
+
+pub fn down(dir: &Path) -> Result<Vec<String>> {
+    let file = dir.join(CLUSTER_FILE);
+    let config = ClusterConfig::load(&file)?;
+    let mut stopped = Vec::new();
+    if stop(dir, "aggregator", libc::SIGTERM)? {
+        stopped.push("aggregator".to_string());
+    }
+    for leaf in &config.leaves {
+        if stop(dir, &leaf.id, libc::SIGTERM)? {
+            stopped.push(leaf.id.clone());
+        }
+    }
+    Ok(stopped)
+}

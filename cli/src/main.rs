@@ -1,0 +1,548 @@
+//! `scubactl`: the command line of the Scuba-style database. Glue only: the
+//! logic lives in the `scuba`, `scuba-leaf` and `scuba-aggregator` crates.
+
+mod client;
+mod cluster;
+mod demo;
+mod gen;
+mod output;
+
+use std::io::{BufReader, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use scuba::decode::InputFormat;
+use scuba::wire::{ErrorKind, QueryRequest, PROTOCOL_VERSION};
+use scuba_aggregator::engine::{Aggregator, QueryDefaults};
+use scuba_aggregator::ingest::{ingest, IngestOptions};
+use scuba_aggregator::transport::LeafTransport;
+use scuba_leaf::log::FsyncPolicy;
+use scuba_leaf::net::{client_endpoint, TlsFiles};
+use scuba_leaf::{Leaf, LeafOptions};
+
+/// Exit codes, documented in the README.
+const EXIT_ERROR: u8 = 1;
+const EXIT_BAD_REQUEST: u8 = 2;
+const EXIT_COVERAGE: u8 = 3;
+
+#[derive(Parser)]
+#[command(name = "scubactl", version, about = "A Scuba-style in-memory analytics database")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the cluster is: `--cluster FILE`, or `--dir DIR` holding
+/// `cluster.toml`; `$SCUBA_DIR` or `~/.scuba/local` when neither is given.
+#[derive(Args, Clone)]
+struct Where {
+    #[arg(long, global = true)]
+    cluster: Option<PathBuf>,
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+}
+
+impl Where {
+    fn file(&self) -> PathBuf {
+        cluster::cluster_file(self.cluster.as_deref(), self.dir.as_deref())
+    }
+    fn dir(&self) -> PathBuf {
+        match (&self.cluster, &self.dir) {
+            (Some(c), _) => c.parent().map(PathBuf::from).unwrap_or_default(),
+            (None, Some(d)) => d.clone(),
+            (None, None) => cluster::default_dir(),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A local cluster on 127.0.0.1.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Run a leaf server.
+    Leaf {
+        #[command(subcommand)]
+        command: LeafCommand,
+    },
+    /// Run the aggregator server.
+    Aggregator {
+        #[command(subcommand)]
+        command: AggregatorCommand,
+    },
+    /// Read JSON lines (or CSV) from stdin into a table.
+    Ingest {
+        #[arg(long)]
+        table: String,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: IngestFormat,
+        /// The column holding each row's time (unix seconds or RFC 3339).
+        #[arg(long, default_value = scuba::schema::TIME_COLUMN_DEFAULT)]
+        time_column: String,
+        /// Seed for placement (random by default).
+        #[arg(long)]
+        seed: Option<u64>,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Run SQL across the cluster.
+    Query {
+        sql: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: output::Format,
+        /// Deadline in milliseconds (the cluster's default otherwise).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Fail (exit 3) when coverage is below this fraction.
+        #[arg(long)]
+        min_coverage: Option<f64>,
+        /// Same as --min-coverage 1.
+        #[arg(long)]
+        strict: bool,
+        /// Scale COUNT and SUM by 1/coverage, with 95% intervals.
+        #[arg(long)]
+        estimate: bool,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Write sample events as JSON lines to stdout.
+    Gen {
+        #[arg(long, default_value_t = 10_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Unix second of the first event.
+        #[arg(long, default_value_t = 1_700_000_000)]
+        start: i64,
+    },
+    /// The whole product in one go: a local cluster, sample events through
+    /// stdin, example queries with coverage, then tear-down.
+    Demo {
+        #[arg(long, default_value_t = 4)]
+        leaves: usize,
+        #[arg(long, default_value_t = 200_000)]
+        rows: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Start the cluster in the folder (creating it if needed); starts only
+    /// what is not running.
+    Up {
+        #[arg(long, default_value_t = 4)]
+        leaves: usize,
+        /// Memory budget per leaf, in bytes.
+        #[arg(long)]
+        memory_limit: Option<u64>,
+        #[arg(long, value_enum, default_value = "group")]
+        fsync: Fsync,
+    },
+    /// Stop every process of the cluster.
+    Down,
+    /// Leaves, addresses, tables, rows and memory.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LeafCommand {
+    Serve {
+        #[arg(long)]
+        cluster: PathBuf,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        memory_limit: Option<u64>,
+        #[arg(long, value_enum, default_value = "group")]
+        fsync: Fsync,
+    },
+}
+
+#[derive(Subcommand)]
+enum AggregatorCommand {
+    Serve {
+        #[arg(long)]
+        cluster: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum IngestFormat {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Fsync {
+    /// fsync before acknowledging, shared by concurrent batches.
+    Group,
+    /// Never fsync: for throwaway data only.
+    Never,
+}
+
+impl Fsync {
+    fn policy(self) -> FsyncPolicy {
+        match self {
+            Fsync::Group => FsyncPolicy::Group,
+            Fsync::Never => FsyncPolicy::Never,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Fsync::Group => "group",
+            Fsync::Never => "never",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SCUBA_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Cluster { command, at } => cluster_cmd(command, at).await,
+        Command::Leaf {
+            command:
+                LeafCommand::Serve {
+                    cluster,
+                    id,
+                    memory_limit,
+                    fsync,
+                },
+        } => leaf_serve(cluster, id, memory_limit, fsync).await,
+        Command::Aggregator {
+            command: AggregatorCommand::Serve { cluster },
+        } => aggregator_serve(cluster).await,
+        Command::Ingest {
+            table,
+            format,
+            time_column,
+            seed,
+            at,
+        } => ingest_cmd(table, format, time_column, seed, at).await,
+        Command::Query {
+            sql,
+            format,
+            timeout,
+            min_coverage,
+            strict,
+            estimate,
+            at,
+        } => {
+            let min_coverage = if strict { Some(1.0) } else { min_coverage };
+            query_cmd(sql, format, timeout, min_coverage, estimate, at).await
+        }
+        Command::Gen { rows, seed, start } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            gen::write_events(&mut out, rows, seed, start)?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { leaves, rows } => demo::run(leaves, rows).await,
+    }
+}
+
+async fn cluster_cmd(command: ClusterCommand, at: Where) -> Result<ExitCode> {
+    let dir = at.dir();
+    match command {
+        ClusterCommand::Up {
+            leaves,
+            memory_limit,
+            fsync,
+        } => {
+            let config = cluster::up(&dir, leaves, memory_limit, fsync.name()).await?;
+            println!(
+                "cluster of {} leaves up; aggregator at {}; folder {}",
+                config.leaves.len(),
+                config.aggregator.addr,
+                dir.display()
+            );
+        }
+        ClusterCommand::Down => {
+            let stopped = cluster::down(&dir)?;
+            println!("stopped {}", if stopped.is_empty() { "nothing".to_string() } else { stopped.join(", ") });
+        }
+        ClusterCommand::Status { json } => {
+            let config = client::load_config(&at.file())?;
+            let client = client::Client::connect_config(&config).await?;
+            let status = client.status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status_json(&status))?);
+            } else {
+                print_status(&status);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_json(status: &[scuba::wire::LeafStatus]) -> serde_json::Value {
+    serde_json::Value::Array(
+        status
+            .iter()
+            .map(|s| {
+                let tables: Vec<serde_json::Value> = s
+                    .stats
+                    .iter()
+                    .flat_map(|st| st.tables.iter())
+                    .map(|t| serde_json::json!({"name": t.name, "rows": t.rows, "memory_bytes": t.memory_bytes, "rows_expired": t.rows_expired}))
+                    .collect();
+                serde_json::json!({
+                    "leaf": s.leaf, "addr": s.addr, "state": s.state,
+                    "last_report_ms_ago": s.last_report_ms_ago,
+                    "memory_used_bytes": s.stats.as_ref().map(|x| x.memory_used_bytes),
+                    "memory_limit_bytes": s.stats.as_ref().map(|x| x.memory_limit_bytes),
+                    "tables": tables,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn print_status(status: &[scuba::wire::LeafStatus]) {
+    println!(
+        "{:<10} {:<22} {:<11} {:>12} {:>12} {:>14}  tables",
+        "leaf", "addr", "state", "last report", "rows", "memory"
+    );
+    for s in status {
+        let rows: u64 = s.stats.iter().flat_map(|x| x.tables.iter()).map(|t| t.rows).sum();
+        let mem = s
+            .stats
+            .as_ref()
+            .map(|x| format!("{:.1}/{:.0} MiB", x.memory_used_bytes as f64 / 1048576.0, x.memory_limit_bytes as f64 / 1048576.0))
+            .unwrap_or_else(|| "-".into());
+        let tables = s
+            .stats
+            .iter()
+            .flat_map(|x| x.tables.iter())
+            .map(|t| format!("{}={} rows", t.name, t.rows))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let last = s.last_report_ms_ago.map(|ms| format!("{ms} ms ago")).unwrap_or_else(|| "never".into());
+        println!("{:<10} {:<22} {:<11} {:>12} {:>12} {:>14}  {}", s.leaf, s.addr, s.state, last, rows, mem, tables);
+    }
+}
+
+async fn leaf_serve(cluster: PathBuf, id: String, memory_limit: Option<u64>, fsync: Fsync) -> Result<ExitCode> {
+    let config = client::load_config(&cluster)?;
+    let leaf_config = config
+        .leaf(&id)
+        .with_context(|| format!("leaf `{id}` is not in {}", cluster.display()))?
+        .clone();
+    let options = LeafOptions {
+        id: id.clone(),
+        data_dir: Some(config.resolve(&leaf_config.data_dir)),
+        memory_limit_bytes: memory_limit
+            .or(leaf_config.memory_limit_bytes)
+            .unwrap_or_else(scuba_leaf::leaf::default_memory_limit_bytes),
+        fsync: fsync.policy(),
+    };
+    let (leaf, recovery) = Leaf::open(options)?;
+    if let Some(r) = recovery.and_then(|r| r.dropped_tail) {
+        tracing::warn!(leaf = %id, "recovery dropped a torn log tail: {r}");
+    }
+    let tls = TlsFiles::in_dir(&config.tls_dir(), &id);
+    let endpoint = scuba_leaf::server::bind(leaf_config.addr, &tls)?;
+    tracing::info!(leaf = %id, addr = %leaf_config.addr, "serving");
+    tokio::select! {
+        _ = scuba_leaf::server::serve(leaf, endpoint.clone()) => {}
+        _ = shutdown_signal() => tracing::info!(leaf = %id, "stopping"),
+    }
+    endpoint.close(0u32.into(), b"shutdown");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn aggregator_serve(cluster: PathBuf) -> Result<ExitCode> {
+    let config = client::load_config(&cluster)?;
+    let tls = TlsFiles::in_dir(&config.tls_dir(), "aggregator");
+    let client = client_endpoint(&tls)?;
+    let leaves = config.leaves.iter().map(|l| (l.id.clone(), l.addr)).collect();
+    let transport: Arc<dyn LeafTransport> = Arc::new(scuba_aggregator::transport::QuicTransport::new(client, leaves));
+    let addrs = config.leaves.iter().map(|l| l.addr.to_string()).collect();
+    let aggregator = Arc::new(Aggregator::new(
+        transport,
+        addrs,
+        QueryDefaults {
+            timeout_ms: config.aggregator.timeout_ms,
+            min_coverage: config.aggregator.min_coverage,
+        },
+    ));
+    aggregator.refresh().await;
+    aggregator.spawn_poller();
+    let endpoint = scuba_leaf::net::server_endpoint(config.aggregator.addr, &tls)?;
+    tracing::info!(addr = %config.aggregator.addr, leaves = config.leaves.len(), "aggregator serving");
+    tokio::select! {
+        _ = scuba_aggregator::server::serve(aggregator, endpoint.clone()) => {}
+        _ = shutdown_signal() => tracing::info!("aggregator stopping"),
+    }
+    endpoint.close(0u32.into(), b"shutdown");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ingest_cmd(table: String, format: IngestFormat, time_column: String, seed: Option<u64>, at: Where) -> Result<ExitCode> {
+    let config = client::load_config(&at.file())?;
+    let transport: Arc<dyn LeafTransport> = Arc::new(client::leaf_transport(&config)?);
+    let options = IngestOptions {
+        table: table.clone(),
+        format: match format {
+            IngestFormat::Jsonl => InputFormat::Jsonl,
+            IngestFormat::Csv => InputFormat::Csv,
+        },
+        time_column,
+        seed,
+    };
+    let progress = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"));
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        Some(bar)
+    } else {
+        None
+    };
+    let started = std::time::Instant::now();
+    let stdin = BufReader::with_capacity(1 << 20, std::io::stdin());
+    let bar = progress.clone();
+    let report = ingest(
+        transport,
+        stdin,
+        options,
+        |r| match &progress {
+            Some(p) => p.println(format!("rejected {r}")),
+            None => eprintln!("rejected {r}"),
+        },
+        move |rows| {
+            if let Some(b) = &bar {
+                let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                b.set_message(format!("{rows} rows ingested, {rate:.0} rows/s"));
+            }
+        },
+    )
+    .await?;
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    // Let the aggregator see new tables and columns at once.
+    if let Ok(c) = client::Client::connect_config(&config).await {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), c.refresh()).await;
+    }
+    println!(
+        "table {table}: {} rows ingested, {} rows rejected, {} batches ({} retried), {:.2} s, {:.0} rows/s",
+        report.rows_ingested,
+        report.rows_rejected,
+        report.batches,
+        report.retries,
+        report.seconds,
+        report.rows_per_s()
+    );
+    if let Some(why) = report.stopped {
+        eprintln!("error: {why}");
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn query_cmd(
+    sql: String,
+    format: output::Format,
+    timeout: Option<u64>,
+    min_coverage: Option<f64>,
+    estimate: bool,
+    at: Where,
+) -> Result<ExitCode> {
+    if let Some(m) = min_coverage {
+        anyhow::ensure!((0.0..=1.0).contains(&m), "--min-coverage must be between 0 and 1, got {m}");
+    }
+    let config = client::load_config(&at.file())?;
+    let client = client::Client::connect_config(&config).await?;
+    let request = QueryRequest {
+        protocol_version: PROTOCOL_VERSION,
+        sql,
+        timeout_ms: timeout,
+        min_coverage,
+        estimate,
+    };
+    match client.query(request).await {
+        Ok(answer) => {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            output::print(&mut out, format, &answer.schema, &answer.batches, &answer.coverage)?;
+            if format != output::Format::Json {
+                eprintln!("{}", answer.coverage.summary());
+            }
+            for note in &answer.notes {
+                eprintln!("note: {note}");
+            }
+            if answer.coverage.partial {
+                let missing: Vec<String> =
+                    answer.coverage.missing.iter().map(|m| format!("{} ({})", m.leaf, m.reason)).collect();
+                eprintln!("warning: partial answer; missing {}", missing.join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(client::QueryFailure::Server(e)) => {
+            eprintln!("error: {}", e.message);
+            if let Some(c) = &e.coverage {
+                eprintln!("{}", c.summary());
+                if format == output::Format::Json {
+                    println!("{}", serde_json::json!({"error": e.message, "coverage": c.to_json()}));
+                }
+            }
+            Ok(ExitCode::from(match e.kind {
+                ErrorKind::BadRequest => EXIT_BAD_REQUEST,
+                ErrorKind::CoverageTooLow => EXIT_COVERAGE,
+                _ => EXIT_ERROR,
+            }))
+        }
+        Err(client::QueryFailure::Other(e)) => Err(e),
+    }
+}

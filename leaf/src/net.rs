@@ -1,0 +1,166 @@
+//! QUIC between every pair of processes: endpoints with mutual TLS from the
+//! cluster's CA, and length-prefixed frames on bidirectional streams.
+//!
+//! One connection per peer, one bidirectional stream per request: the
+//! client writes a request frame and finishes its side; the server answers
+//! with frames ending in a terminal message. Dropping the stream cancels the
+//! request on both sides (the server's writes fail and it stops working).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{ClientConfig, Connection, Endpoint, RecvStream, SendStream, ServerConfig, TransportConfig};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use scuba::wire::{decode_payload, encode_frame, frame_len, FRAME_PREFIX_BYTES};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{LeafError, Result};
+
+/// The name every node's certificate carries and every client checks, so a
+/// cluster's certificates work whatever addresses its nodes have.
+pub const SERVER_NAME: &str = "scuba-node";
+
+const ALPN: &[u8] = b"scuba/1";
+
+/// Concurrent requests one peer may have open on a connection.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+
+/// A node's certificate files: the cluster CA, its own chain and key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The files `scubactl cluster up` writes for `name` under `dir`.
+    pub fn in_dir(dir: &Path, name: &str) -> Self {
+        TlsFiles {
+            ca_cert: dir.join("ca.pem"),
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+        }
+    }
+}
+
+fn tls_err(what: &str, path: &Path, e: impl std::fmt::Display) -> LeafError {
+    LeafError::Net(format!("{what} {}: {e}", path.display()))
+}
+
+fn load(files: &TlsFiles) -> Result<(rustls::RootCertStore, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&files.ca_cert).map_err(|e| tls_err("reading CA", &files.ca_cert, e))? {
+        let cert = cert.map_err(|e| tls_err("parsing CA", &files.ca_cert, e))?;
+        roots.add(cert).map_err(|e| tls_err("adding CA", &files.ca_cert, e))?;
+    }
+    let chain = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| tls_err("reading certificate", &files.cert, e))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| tls_err("parsing certificate", &files.cert, e))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| tls_err("reading key", &files.key, e))?;
+    Ok((roots, chain, key))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport() -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    t.max_idle_timeout(Some(Duration::from_secs(10).try_into().expect("small")));
+    t.stream_receive_window((16u32 << 20).into());
+    t.receive_window((64u32 << 20).into());
+    t.send_window(64 << 20);
+    Arc::new(t)
+}
+
+/// A server endpoint that accepts only peers whose certificates the cluster
+/// CA signed.
+pub fn server_endpoint(addr: SocketAddr, files: &TlsFiles) -> Result<Endpoint> {
+    let (roots, chain, key) = load(files)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| LeafError::Net(format!("client verifier: {e}")))?;
+    let mut crypto = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| LeafError::Net(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| LeafError::Net(format!("server certificate: {e}")))?;
+    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| LeafError::Net(e.to_string()))?;
+    let mut config = ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport());
+    Endpoint::server(config, addr).map_err(|e| LeafError::Net(format!("binding {addr}: {e}")))
+}
+
+/// A client endpoint presenting this node's certificate.
+pub fn client_endpoint(files: &TlsFiles) -> Result<Endpoint> {
+    let (roots, chain, key) = load(files)?;
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| LeafError::Net(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| LeafError::Net(format!("client certificate: {e}")))?;
+    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| LeafError::Net(e.to_string()))?;
+    let mut config = ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport());
+    let bind: SocketAddr = "127.0.0.1:0".parse().expect("valid");
+    let mut endpoint = Endpoint::client(bind).map_err(|e| LeafError::Net(format!("client socket: {e}")))?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+pub async fn connect(endpoint: &Endpoint, addr: SocketAddr) -> Result<Connection> {
+    let connecting = endpoint
+        .connect(addr, SERVER_NAME)
+        .map_err(|e| LeafError::Net(format!("connecting to {addr}: {e}")))?;
+    connecting
+        .await
+        .map_err(|e| LeafError::Net(format!("connecting to {addr}: {e}")))
+}
+
+pub async fn write_frame<T: Serialize>(send: &mut SendStream, message: &T) -> Result<()> {
+    let frame = encode_frame(message)?;
+    send.write_all(&frame)
+        .await
+        .map_err(|e| LeafError::Net(format!("writing a frame: {e}")))
+}
+
+/// Reads one frame; `None` when the peer finished its side cleanly first.
+pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<Option<T>> {
+    let mut prefix = [0u8; FRAME_PREFIX_BYTES];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(LeafError::Net(format!("reading a frame: {e}"))),
+    }
+    let len = frame_len(prefix)?;
+    let mut payload = vec![0u8; len];
+    recv.read_exact(&mut payload)
+        .await
+        .map_err(|e| LeafError::Net(format!("reading a frame: {e}")))?;
+    Ok(Some(decode_payload(&payload)?))
+}
+
+/// Opens a stream, sends one request and finishes the sending side.
+pub async fn request<T: Serialize>(conn: &Connection, message: &T) -> Result<RecvStream> {
+    let (mut send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| LeafError::Net(format!("opening a stream: {e}")))?;
+    write_frame(&mut send, message).await?;
+    send.finish().map_err(|e| LeafError::Net(format!("finishing a request: {e}")))?;
+    Ok(recv)
+}

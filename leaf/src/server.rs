@@ -1,0 +1,159 @@
+//! The leaf's QUIC server: one task per connection, one per request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use futures::StreamExt;
+use quinn::{Endpoint, RecvStream, SendStream};
+use scuba::limits::REPLY_BYTES_MAX;
+use scuba::wire::{ErrorKind, Request, Response, WireError, PROTOCOL_VERSION};
+
+use crate::error::{LeafError, Result};
+use crate::leaf::Leaf;
+use crate::net::{read_frame, server_endpoint, write_frame, TlsFiles};
+
+/// Bytes of result batches per `Batches` frame.
+const REPLY_CHUNK_BYTES: usize = 4 << 20;
+
+/// Binds the leaf's endpoint.
+pub fn bind(addr: SocketAddr, tls: &TlsFiles) -> Result<Endpoint> {
+    server_endpoint(addr, tls)
+}
+
+/// Serves requests until the endpoint closes.
+pub async fn serve(leaf: Arc<Leaf>, endpoint: Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let leaf = Arc::clone(&leaf);
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!("handshake failed: {e}");
+                    return;
+                }
+            };
+            loop {
+                match conn.accept_bi().await {
+                    Ok((send, recv)) => {
+                        let leaf = Arc::clone(&leaf);
+                        tokio::spawn(async move {
+                            if let Err(e) = handle(leaf, send, recv).await {
+                                tracing::debug!("request ended: {e}");
+                            }
+                        });
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+}
+
+async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> Result<()> {
+    let Some(request) = read_frame::<Request>(&mut recv).await? else {
+        return Ok(());
+    };
+    match request {
+        Request::Ingest { table, batch_id, ipc } => {
+            let leaf2 = Arc::clone(&leaf);
+            let outcome = tokio::task::spawn_blocking(move || leaf2.ingest(&table, batch_id, &ipc))
+                .await
+                .map_err(|e| LeafError::Internal(format!("ingest task: {e}")))?;
+            let reply = match outcome {
+                Ok(o) => Response::IngestAck {
+                    rows: o.rows,
+                    duplicate: o.duplicate,
+                    memory_free_bytes: o.memory_free_bytes,
+                },
+                Err(e) => Response::Error(e.to_wire()),
+            };
+            write_frame(&mut send, &reply).await?;
+        }
+        Request::Fragment {
+            protocol_version,
+            table,
+            plan,
+        } => {
+            if protocol_version != PROTOCOL_VERSION {
+                let e = WireError {
+                    kind: ErrorKind::BadRequest,
+                    message: scuba::Error::ProtocolVersion {
+                        peer: protocol_version,
+                        ours: PROTOCOL_VERSION,
+                    }
+                    .to_string(),
+                    coverage: None,
+                };
+                write_frame(&mut send, &Response::Error(e)).await?;
+            } else if let Err(e) = run_fragment(&leaf, &table, &plan, &mut send).await {
+                // The reply may be cut mid-way; the aggregator treats a reply
+                // without its terminal frame as missing, never as smaller.
+                let _ = write_frame(&mut send, &Response::Error(e.to_wire())).await;
+            }
+        }
+        Request::LeafStats => {
+            write_frame(&mut send, &Response::Stats(leaf.stats())).await?;
+        }
+        other => {
+            let e = WireError {
+                kind: ErrorKind::BadRequest,
+                message: format!("a leaf does not serve {}", request_name(&other)),
+                coverage: None,
+            };
+            write_frame(&mut send, &Response::Error(e)).await?;
+        }
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+    Ok(())
+}
+
+fn request_name(r: &Request) -> &'static str {
+    match r {
+        Request::Ingest { .. } => "Ingest",
+        Request::Fragment { .. } => "Fragment",
+        Request::LeafStats => "LeafStats",
+        Request::Handoff => "Handoff",
+        Request::Query(_) => "Query",
+        Request::ClusterStatus => "ClusterStatus",
+        Request::TableSchema { .. } => "TableSchema",
+        Request::Refresh => "Refresh",
+    }
+}
+
+async fn run_fragment(leaf: &Arc<Leaf>, table: &str, plan: &[u8], send: &mut SendStream) -> Result<()> {
+    let (table_rows, mut stream) = leaf.run_fragment(table, plan)?;
+    let schema = stream.schema();
+    let mut pending: Vec<RecordBatch> = Vec::new();
+    let mut pending_bytes = 0usize;
+    let mut sent_bytes = 0usize;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        pending_bytes += batch.get_array_memory_size();
+        pending.push(batch);
+        if pending_bytes >= REPLY_CHUNK_BYTES {
+            sent_bytes += flush(send, &schema, &mut pending).await?;
+            pending_bytes = 0;
+            if sent_bytes > REPLY_BYTES_MAX {
+                return Err(LeafError::ReplyTooLarge { max_bytes: REPLY_BYTES_MAX });
+            }
+        }
+    }
+    flush(send, &schema, &mut pending).await?;
+    write_frame(send, &Response::FragmentDone { table_rows }).await
+}
+
+async fn flush(send: &mut SendStream, schema: &datafusion::arrow::datatypes::SchemaRef, pending: &mut Vec<RecordBatch>) -> Result<usize> {
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let ipc = scuba::ipc::batches_to_ipc(schema, pending)?;
+    pending.clear();
+    let n = ipc.len();
+    write_frame(send, &Response::Batches(ipc)).await?;
+    Ok(n)
+}

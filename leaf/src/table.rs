@@ -1,0 +1,280 @@
+//! A leaf's table: sealed blocks of bounded rows plus one open block.
+//!
+//! ```text
+//!  ingest batch ──append──> open block (small batches) ──seal at BLOCK_ROWS_MAX──> sealed Block
+//!                                                                                   │
+//!  scan(schema) <── every block and open batch, adapted to the asked schema ◄───────┘
+//! ```
+//!
+//! Blocks are immutable and each keeps the columns its rows brought; the
+//! table's schema is the union of them (int64 widened to float64 where a
+//! float arrived later). A scan adapts each block to the schema asked for:
+//! a column the block lacks reads as NULL, an int64 column asked as float64
+//! is cast. Any other difference means the asker's schema is stale.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{new_null_array, ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use scuba::limits::{BLOCK_ROWS_MAX, TABLE_COLUMNS_MAX};
+use scuba::schema::unify_schemas;
+
+use crate::error::{LeafError, Result};
+
+/// A sealed, immutable run of rows.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub batch: RecordBatch,
+    pub memory_bytes: u64,
+}
+
+impl Block {
+    pub fn new(batch: RecordBatch) -> Self {
+        let memory_bytes = batch.get_array_memory_size() as u64;
+        Block { batch, memory_bytes }
+    }
+}
+
+#[derive(Debug)]
+pub struct Table {
+    name: String,
+    schema: SchemaRef,
+    sealed: Vec<Arc<Block>>,
+    open: Vec<RecordBatch>,
+    open_rows: usize,
+    open_bytes: u64,
+    rows: u64,
+    sealed_bytes: u64,
+    rows_expired: u64,
+}
+
+impl Table {
+    pub fn new(name: &str) -> Self {
+        Table {
+            name: name.to_string(),
+            schema: Arc::new(Schema::empty()),
+            sealed: Vec::new(),
+            open: Vec::new(),
+            open_rows: 0,
+            open_bytes: 0,
+            rows: 0,
+            sealed_bytes: 0,
+            rows_expired: 0,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub fn rows_expired(&self) -> u64 {
+        self.rows_expired
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.sealed_bytes + self.open_bytes
+    }
+
+    pub fn sealed_blocks(&self) -> &[Arc<Block>] {
+        &self.sealed
+    }
+
+    /// The schema this table would have after taking `batch`, or the type
+    /// conflict that refuses it. Changes nothing.
+    pub fn check(&self, batch: &RecordBatch) -> Result<SchemaRef> {
+        let unified = unify_schemas(&self.name, &self.schema, batch.schema_ref())?;
+        if unified.fields().len() > TABLE_COLUMNS_MAX {
+            return Err(scuba::Error::TooManyColumns {
+                table: self.name.clone(),
+                max: TABLE_COLUMNS_MAX,
+            }
+            .into());
+        }
+        Ok(unified)
+    }
+
+    /// Appends a batch already checked with [`Table::check`].
+    pub fn append(&mut self, batch: RecordBatch, unified: SchemaRef) -> Result<()> {
+        self.schema = unified;
+        self.rows += batch.num_rows() as u64;
+        self.open_rows += batch.num_rows();
+        self.open_bytes += batch.get_array_memory_size() as u64;
+        self.open.push(batch);
+        if self.open_rows >= BLOCK_ROWS_MAX {
+            self.seal()?;
+        }
+        Ok(())
+    }
+
+    /// Seals the open batches into one block (nothing when empty).
+    pub fn seal(&mut self) -> Result<()> {
+        if self.open.is_empty() {
+            return Ok(());
+        }
+        let mut schema = Arc::new(Schema::empty());
+        for b in &self.open {
+            schema = unify_schemas(&self.name, &schema, b.schema_ref())?;
+        }
+        let adapted = self
+            .open
+            .iter()
+            .map(|b| adapt(b, &schema))
+            .collect::<Result<Vec<_>>>()?;
+        let batch = concat_batches(&schema, &adapted)?;
+        let block = Block::new(batch);
+        self.sealed_bytes += block.memory_bytes;
+        self.sealed.push(Arc::new(block));
+        self.open.clear();
+        self.open_rows = 0;
+        self.open_bytes = 0;
+        Ok(())
+    }
+
+    /// Adds a block recovered or adopted from elsewhere.
+    pub fn push_block(&mut self, block: Block) -> Result<()> {
+        self.schema = unify_schemas(&self.name, &self.schema, block.batch.schema_ref())?;
+        self.rows += block.batch.num_rows() as u64;
+        self.sealed_bytes += block.memory_bytes;
+        self.sealed.push(Arc::new(block));
+        Ok(())
+    }
+
+    /// Every row, adapted to `schema` (the table's schema as the asker knows
+    /// it, projected). Fails when the asker's schema is stale.
+    pub fn scan(&self, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+        for field in schema.fields() {
+            if let Ok(ours) = self.schema.field_with_name(field.name()) {
+                if !castable(ours.data_type(), field.data_type()) {
+                    return Err(LeafError::StaleSchema {
+                        table: self.name.clone(),
+                        column: field.name().clone(),
+                    });
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(self.sealed.len() + self.open.len());
+        for block in &self.sealed {
+            out.push(adapt(&block.batch, schema)?);
+        }
+        for batch in &self.open {
+            out.push(adapt(batch, schema)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Whether a column stored as `ours` may be read as `asked`.
+fn castable(ours: &DataType, asked: &DataType) -> bool {
+    ours == asked || (ours == &DataType::Int64 && asked == &DataType::Float64)
+}
+
+/// `batch` with exactly the columns of `schema`: missing ones NULL, int64
+/// cast to float64 where asked.
+pub fn adapt(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema_ref() == schema {
+        return Ok(batch.clone());
+    }
+    let rows = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let column = match batch.column_by_name(field.name()) {
+            Some(c) if c.data_type() == field.data_type() => Arc::clone(c),
+            Some(c) if castable(c.data_type(), field.data_type()) => cast(c, field.data_type())?,
+            Some(c) => {
+                return Err(LeafError::Internal(format!(
+                    "column `{}` is {} in a block but {} was asked",
+                    field.name(),
+                    c.data_type(),
+                    field.data_type()
+                )))
+            }
+            None => new_null_array(field.data_type(), rows),
+        };
+        columns.push(column);
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(rows));
+    Ok(RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::Field;
+
+    fn batch(fields: Vec<(&str, ArrayRef)>) -> RecordBatch {
+        let schema = Schema::new(
+            fields
+                .iter()
+                .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        );
+        RecordBatch::try_new(Arc::new(schema), fields.into_iter().map(|(_, a)| a).collect()).unwrap()
+    }
+
+    fn append(t: &mut Table, b: RecordBatch) -> Result<()> {
+        let unified = t.check(&b)?;
+        t.append(b, unified)
+    }
+
+    #[test]
+    fn column_never_seen_in_a_block_reads_as_null() {
+        let mut t = Table::new("t");
+        append(&mut t, batch(vec![("a", Arc::new(Int64Array::from(vec![1, 2])))])).unwrap();
+        append(&mut t, batch(vec![("b", Arc::new(StringArray::from(vec!["x"])))])).unwrap();
+        let out = t.scan(&t.schema()).unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(out[0].column_by_name("b").unwrap().is_null(0));
+        assert!(out[1].column_by_name("a").unwrap().is_null(0));
+    }
+
+    #[test]
+    fn int_blocks_read_as_float_after_widening() {
+        let mut t = Table::new("t");
+        append(&mut t, batch(vec![("x", Arc::new(Int64Array::from(vec![1])))])).unwrap();
+        t.seal().unwrap();
+        append(&mut t, batch(vec![("x", Arc::new(Float64Array::from(vec![2.5])))])).unwrap();
+        assert_eq!(t.schema().field(0).data_type(), &DataType::Float64);
+        let out = t.scan(&t.schema()).unwrap();
+        let first = out[0].column(0).as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!(first.value(0), 1.0);
+    }
+
+    #[test]
+    fn conflicting_batch_is_refused_naming_the_column() {
+        let mut t = Table::new("t");
+        append(&mut t, batch(vec![("x", Arc::new(Int64Array::from(vec![1])))])).unwrap();
+        let err = append(&mut t, batch(vec![("x", Arc::new(StringArray::from(vec!["no"])))])).unwrap_err();
+        assert!(err.to_string().contains("column `x`"), "{err}");
+        assert_eq!(t.rows(), 1);
+    }
+
+    #[test]
+    fn stale_schema_is_detected_not_truncated() {
+        let mut t = Table::new("t");
+        append(&mut t, batch(vec![("x", Arc::new(Float64Array::from(vec![1.5])))])).unwrap();
+        let stale = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        assert!(matches!(t.scan(&stale), Err(LeafError::StaleSchema { .. })));
+    }
+
+    #[test]
+    fn sealing_keeps_every_row() {
+        let mut t = Table::new("t");
+        for i in 0..10 {
+            append(&mut t, batch(vec![("x", Arc::new(Int64Array::from(vec![i; 10_000])))])).unwrap();
+        }
+        assert_eq!(t.rows(), 100_000);
+        assert_eq!(t.sealed_blocks().len(), 1);
+        let total: usize = t.scan(&t.schema()).unwrap().iter().map(|b| b.num_rows()).sum();
+        assert_eq!(total, 100_000);
+    }
+}

@@ -1,0 +1,42 @@
+//! Arrow IPC, the one format for data on the wire, in the disk log and in
+//! shared memory.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::error::Result;
+
+/// Encodes a schema and batches as one self-contained IPC stream.
+pub fn batches_to_ipc(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut writer = StreamWriter::try_new(&mut out, schema)?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    drop(writer);
+    Ok(out)
+}
+
+/// Decodes a stream written by [`batches_to_ipc`].
+pub fn ipc_to_batches(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let reader = StreamReader::try_new(Cursor::new(bytes), None)?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    Ok((schema, batches))
+}
+
+/// A schema alone, as an IPC stream with no batches.
+pub fn schema_to_ipc(schema: &Schema) -> Result<Vec<u8>> {
+    batches_to_ipc(schema, &[])
+}
+
+pub fn ipc_to_schema(bytes: &[u8]) -> Result<SchemaRef> {
+    let reader = StreamReader::try_new(Cursor::new(bytes), None)?;
+    Ok(Arc::clone(&reader.schema()))
+}

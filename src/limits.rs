@@ -1,0 +1,53 @@
+//! Every bound the product keeps, in one place (TigerBeetle: "put a limit on
+//! everything"). Units are last in the names.
+
+/// Largest frame any peer may send. Checked against the length prefix before
+/// a single byte of the payload is allocated.
+pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Largest input line `scubactl ingest` accepts. Longer lines are rejected by
+/// number without being held in memory whole.
+pub const LINE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Rows in one ingest batch (one placement decision, one acknowledgement).
+pub const BATCH_ROWS_MAX: usize = 16 * 1024;
+
+/// Encoded bytes in one ingest batch; a batch is cut early when it reaches this.
+pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Rows in one sealed block of a leaf table.
+pub const BLOCK_ROWS_MAX: usize = 64 * 1024;
+
+/// Columns in one table; a batch that would add more is refused.
+pub const TABLE_COLUMNS_MAX: usize = 1024;
+
+/// Tables on one leaf.
+pub const LEAF_TABLES_MAX: usize = 4096;
+
+/// Bytes a leaf may return for one query fragment; past it the leaf reports an
+/// error instead of growing the reply.
+pub const REPLY_BYTES_MAX: usize = 1024 * 1024 * 1024;
+
+/// Leaves in one cluster file.
+pub const LEAVES_MAX: usize = 4096;
+
+/// Ingest batches in flight from one `scubactl ingest` at once.
+pub const INGEST_INFLIGHT_MAX: usize = 8;
+
+/// Attempts to place one batch before ingest gives up on it.
+pub const INGEST_ATTEMPTS_MAX: usize = 8;
+
+/// Batch ids a leaf remembers to make retried batches idempotent.
+pub const BATCH_IDS_REMEMBERED_MAX: usize = 1 << 20;
+
+/// Length of a SQL text.
+pub const SQL_BYTES_MAX: usize = 1024 * 1024;
+
+/// Length of a table or column name.
+pub const NAME_BYTES_MAX: usize = 256;
+
+/// Default query deadline.
+pub const QUERY_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+
+/// Longest deadline a client may ask for.
+pub const QUERY_TIMEOUT_MS_MAX: u64 = 600_000;

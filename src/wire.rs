@@ -1,0 +1,225 @@
+//! Messages between `scubactl`, the aggregator and the leaves, and their
+//! frame codec. No I/O here: callers read a 4-byte length prefix, ask
+//! [`frame_len`] whether it is acceptable (before allocating anything), then
+//! read that many bytes and decode them.
+//!
+//! Control messages are bincode (2.0.1); data travels inside them as Arrow
+//! IPC bytes and plans as datafusion-proto bytes. One request per QUIC
+//! stream; a reply is one or more frames ending with a terminal message.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::coverage::Coverage;
+use crate::error::{Error, Result};
+use crate::limits::FRAME_BYTES_MAX;
+
+/// Bumped whenever a message or the plan encoding changes; DataFusion's
+/// proto format is not stable across its versions, so this covers those too.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Bytes of the length prefix.
+pub const FRAME_PREFIX_BYTES: usize = 4;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<FRAME_BYTES_MAX>()
+}
+
+/// Encodes a message as a length-prefixed frame.
+pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; FRAME_PREFIX_BYTES];
+    bincode::serde::encode_into_std_write(message, &mut out, config())
+        .map_err(|e| Error::Internal(format!("encoding a frame: {e}")))?;
+    let len = out.len() - FRAME_PREFIX_BYTES;
+    if len > FRAME_BYTES_MAX {
+        return Err(Error::FrameTooLarge { len_bytes: len, max_bytes: FRAME_BYTES_MAX });
+    }
+    out[..FRAME_PREFIX_BYTES].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(out)
+}
+
+/// The payload length a prefix announces, refused past [`FRAME_BYTES_MAX`].
+pub fn frame_len(prefix: [u8; FRAME_PREFIX_BYTES]) -> Result<usize> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > FRAME_BYTES_MAX {
+        return Err(Error::FrameTooLarge { len_bytes: len, max_bytes: FRAME_BYTES_MAX });
+    }
+    Ok(len)
+}
+
+/// Decodes a frame's payload (without the prefix).
+pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
+    let (message, used) = bincode::serde::decode_from_slice(payload, config())
+        .map_err(|e| Error::MalformedFrame(e.to_string()))?;
+    if used != payload.len() {
+        return Err(Error::MalformedFrame(format!(
+            "{} trailing bytes after the message",
+            payload.len() - used
+        )));
+    }
+    Ok(message)
+}
+
+/// Identifies one ingest batch across retries: the ingest session (random)
+/// and the batch's sequence number in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BatchId {
+    pub session: u64,
+    pub seq: u64,
+}
+
+/// What a client asks a leaf or the aggregator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Leaf: apply a batch (Arrow IPC) to `table`, log it, acknowledge.
+    Ingest { table: String, batch_id: BatchId, ipc: Vec<u8> },
+    /// Leaf: run a plan fragment (datafusion-proto bytes) over `table`.
+    Fragment { protocol_version: u32, table: String, plan: Vec<u8> },
+    /// Leaf: tables, schemas, row counts, memory.
+    LeafStats,
+    /// Leaf: stop taking writes, seal, hand memory to a successor, exit.
+    Handoff,
+    /// Aggregator: run SQL across the cluster.
+    Query(QueryRequest),
+    /// Aggregator: each leaf's state.
+    ClusterStatus,
+    /// Aggregator: the unified schema of a table (IPC schema), if any leaf has it.
+    TableSchema { table: String },
+    /// Aggregator: refresh cached leaf stats now (after an ingest).
+    Refresh,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueryRequest {
+    pub protocol_version: u32,
+    pub sql: String,
+    /// Deadline from the aggregator's receipt; `None` for the cluster default.
+    pub timeout_ms: Option<u64>,
+    /// Fail below this coverage; `None` for the cluster default.
+    pub min_coverage: Option<f64>,
+    /// Scale COUNT and SUM by 1/coverage and add 95% intervals.
+    pub estimate: bool,
+}
+
+/// Kinds of errors on the wire, so clients can pick exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request is wrong (bad SQL, unknown table, bad input): exit code 2.
+    BadRequest,
+    /// The answer's coverage is below the minimum asked for: exit code 3.
+    CoverageTooLow,
+    /// A value conflicts with a column's type.
+    TypeConflict,
+    /// The leaf is at its memory budget and cannot expire anything.
+    MemoryFull,
+    /// The leaf is handing off or shutting down; try another.
+    Restarting,
+    /// A bug or an I/O failure on the server.
+    Internal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// Coverage of the answer that was refused, when there was one.
+    pub coverage: Option<Coverage>,
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Per-table numbers a leaf reports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TableStats {
+    pub name: String,
+    pub rows: u64,
+    pub memory_bytes: u64,
+    pub rows_expired: u64,
+    /// The table's schema on this leaf, as IPC.
+    pub schema_ipc: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LeafStats {
+    pub leaf: String,
+    pub tables: Vec<TableStats>,
+    pub memory_used_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub accepting_writes: bool,
+    pub pid: u32,
+}
+
+impl LeafStats {
+    pub fn memory_free_bytes(&self) -> u64 {
+        self.memory_limit_bytes.saturating_sub(self.memory_used_bytes)
+    }
+}
+
+/// A leaf as the aggregator sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeafStatus {
+    pub leaf: String,
+    pub addr: String,
+    /// `up`, `down` or `restarting`.
+    pub state: String,
+    /// Milliseconds since its last report; `None` if it never reported.
+    pub last_report_ms_ago: Option<u64>,
+    pub stats: Option<LeafStats>,
+}
+
+/// Replies. A reply is a sequence of frames: zero or more `Batches`, then one
+/// terminal frame (anything else).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    IngestAck { rows: u64, duplicate: bool, memory_free_bytes: u64 },
+    /// Part of a result: a self-contained IPC stream.
+    Batches(Vec<u8>),
+    /// End of a fragment's result, with the table's rows on this leaf.
+    FragmentDone { table_rows: u64 },
+    /// End of a query's result.
+    QueryDone { coverage: Coverage, notes: Vec<String> },
+    Stats(LeafStats),
+    Status(Vec<LeafStatus>),
+    Schema(Option<Vec<u8>>),
+    Ok,
+    Error(WireError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let req = Request::Ingest {
+            table: "events".into(),
+            batch_id: BatchId { session: 7, seq: 9 },
+            ipc: vec![1, 2, 3],
+        };
+        let frame = encode_frame(&req).unwrap();
+        let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        match decode_payload::<Request>(&frame[4..]).unwrap() {
+            Request::Ingest { table, batch_id, ipc } => {
+                assert_eq!((table.as_str(), batch_id.seq, ipc), ("events", 9, vec![1, 2, 3]));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn oversized_prefix_is_refused_before_allocation() {
+        let prefix = ((FRAME_BYTES_MAX + 1) as u32).to_le_bytes();
+        assert!(matches!(frame_len(prefix), Err(Error::FrameTooLarge { .. })));
+    }
+
+    #[test]
+    fn garbage_payload_is_a_malformed_frame_not_a_panic() {
+        assert!(matches!(decode_payload::<Request>(&[0xff; 9]), Err(Error::MalformedFrame(_))));
+        assert!(decode_payload::<Request>(&[]).is_err());
+    }
+}

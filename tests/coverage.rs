@@ -1,0 +1,76 @@
+//! Coverage on every answer: exact on a healthy cluster, and honest when a
+//! leaf is gone (killed with SIGKILL: named, `unreachable`, its rows counted
+//! in the total but not covered).
+
+mod common;
+
+use common::{gen_events, TestCluster};
+use serde_json::json;
+
+#[test]
+fn healthy_cluster_answers_with_full_coverage_and_exact_row_totals() {
+    let cluster = TestCluster::up(4);
+    assert!(cluster.ingest("events", &gen_events(10_000, 3), &[]).status.success());
+    assert!(cluster.ingest("other", b"{\"x\": 1}\n", &[]).status.success());
+    let answer = cluster.query_json("SELECT count(*) FROM events", &[]);
+    let c = &answer["coverage"];
+    assert_eq!(c["leaves_total"], 4);
+    assert_eq!(c["leaves_ok"], 4);
+    assert_eq!(c["missing"], json!([]));
+    assert_eq!(c["rows_total"], 10_000, "rows of the queried table only");
+    assert_eq!(c["rows_covered"], 10_000);
+    assert_eq!(c["coverage"], 1.0);
+    assert_eq!(c["partial"], false);
+}
+
+#[test]
+fn table_and_csv_formats_print_coverage_on_stderr_only() {
+    let cluster = TestCluster::up(2);
+    assert!(cluster.ingest("t", b"{\"x\": 1}\n{\"x\": 2}\n", &[]).status.success());
+    for format in ["table", "csv"] {
+        let out = cluster.run(&["query", "--format", format, "SELECT sum(x) AS s FROM t"], None);
+        assert!(out.status.success());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stdout.contains('3') && !stdout.contains("coverage"), "{format}: {stdout}");
+        assert!(stderr.contains("coverage 1.0000 (2 of 2 rows)"), "{format}: {stderr}");
+    }
+}
+
+#[test]
+fn bad_sql_exits_2_with_datafusion_error() {
+    let cluster = TestCluster::up(1);
+    assert!(cluster.ingest("t", b"{\"x\": 1}\n", &[]).status.success());
+    let out = cluster.run(&["query", "SELEC x FROM t"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error"));
+    let out = cluster.run(&["query", "SELECT nope FROM t"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+}
+
+#[test]
+fn killed_leaf_is_named_unreachable_and_its_rows_are_not_covered() {
+    let cluster = TestCluster::up(4);
+    assert!(cluster.ingest("events", &gen_events(20_000, 5), &[]).status.success());
+    let before = cluster.rows_per_leaf("events");
+    // SAFETY-free: kill(2) on our own child process.
+    let pid = cluster.pid("leaf-2");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    let answer = cluster.query_json("SELECT count(*) FROM events", &["--timeout", "2000"]);
+    assert!(started.elapsed().as_millis() < 4_000);
+    let c = &answer["coverage"];
+    let live: u64 = before.iter().filter(|(l, _)| l != "leaf-2").map(|(_, r)| r).sum();
+    assert_eq!(c["partial"], true);
+    assert_eq!(c["leaves_ok"], 3);
+    assert_eq!(c["rows_total"], 20_000);
+    assert_eq!(c["rows_covered"], live);
+    assert_eq!(c["missing"], json!([{"leaf": "leaf-2", "reason": "unreachable"}]));
+    assert_eq!(answer["rows"][0][0], live);
+
+    let strict = cluster.run(&["query", "--strict", "SELECT count(*) FROM events"], None);
+    assert_eq!(strict.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&strict.stderr).contains("leaf-2"));
+}
