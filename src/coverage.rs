@@ -96,7 +96,12 @@ impl Coverage {
     pub fn summary(&self) -> String {
         let mut s = format!(
             "coverage {:.4} ({} of {} rows), leaves {}/{} ok, partial={}",
-            self.coverage, self.rows_covered, self.rows_total, self.leaves_ok, self.leaves_total, self.partial
+            self.coverage,
+            self.rows_covered,
+            self.rows_total,
+            self.leaves_ok,
+            self.leaves_total,
+            self.partial
         );
         for m in &self.missing {
             s.push_str(&format!("; missing {} ({})", m.leaf, m.reason));
@@ -112,13 +117,19 @@ mod tests {
     #[test]
     fn healthy_cluster_has_full_coverage() {
         let c = Coverage::compute(&[10, 20, 30], vec![]);
-        assert_eq!((c.rows_total, c.rows_covered, c.coverage, c.partial), (60, 60, 1.0, false));
+        assert_eq!(
+            (c.rows_total, c.rows_covered, c.coverage, c.partial),
+            (60, 60, 1.0, false)
+        );
         assert_eq!((c.leaves_total, c.leaves_ok), (3, 3));
     }
 
     #[test]
     fn missing_leaf_rows_count_in_total_only() {
-        let m = MissingLeaf { leaf: "leaf-2".into(), reason: MissingReason::Timeout };
+        let m = MissingLeaf {
+            leaf: "leaf-2".into(),
+            reason: MissingReason::Timeout,
+        };
         let c = Coverage::compute(&[30, 30], vec![(m, 40)]);
         assert_eq!((c.rows_total, c.rows_covered, c.partial), (100, 60, true));
         assert!((c.coverage - 0.6).abs() < 1e-12);

@@ -56,11 +56,19 @@ impl std::fmt::Display for Rejection {
 /// One line from [`LineReader`].
 #[derive(Debug)]
 pub enum Line<'a> {
-    Text { number: u64, text: &'a str },
+    Text {
+        number: u64,
+        text: &'a str,
+    },
     /// Longer than [`LINE_BYTES_MAX`]; skipped without being held whole.
-    Oversized { number: u64, len_bytes: usize },
+    Oversized {
+        number: u64,
+        len_bytes: usize,
+    },
     /// Not UTF-8.
-    NotUtf8 { number: u64 },
+    NotUtf8 {
+        number: u64,
+    },
 }
 
 /// Reads lines with a bound on their length: a longer line is skipped and
@@ -349,16 +357,19 @@ impl BatchBuilder {
     /// Adds one JSON line; on error the batch is unchanged.
     pub fn push_json(&mut self, line: u64, text: &str) -> Result<(), Rejection> {
         let reject = |reason: String| Rejection { line, reason };
-        let value: Value = serde_json::from_str(text).map_err(|e| reject(format!("invalid JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| reject(format!("invalid JSON: {e}")))?;
         let Value::Object(map) = value else {
             return Err(reject("expected a JSON object".to_string()));
         };
         let mut cells = Vec::with_capacity(map.len());
         for (name, value) in map {
             let cell = if name == self.time_column {
-                time_from_json(&value).map_err(|reason| reject(format!("column `{name}`: {reason}")))?
+                time_from_json(&value)
+                    .map_err(|reason| reject(format!("column `{name}`: {reason}")))?
             } else {
-                cell_from_json(value).map_err(|reason| reject(format!("column `{name}`: {reason}")))?
+                cell_from_json(value)
+                    .map_err(|reason| reject(format!("column `{name}`: {reason}")))?
             };
             if let Some(cell) = cell {
                 cells.push((name, cell));
@@ -391,7 +402,8 @@ impl BatchBuilder {
                 continue;
             }
             let cell = if name == &self.time_column {
-                time_from_text(&raw).map_err(|reason| reject(format!("column `{name}`: {reason}")))?
+                time_from_text(&raw)
+                    .map_err(|reason| reject(format!("column `{name}`: {reason}")))?
             } else {
                 self.cell_from_csv(name, raw)
             };
@@ -428,7 +440,12 @@ impl BatchBuilder {
         }
     }
 
-    fn push_cells(&mut self, line: u64, len_bytes: usize, cells: Vec<(String, Cell)>) -> Result<(), Rejection> {
+    fn push_cells(
+        &mut self,
+        line: u64,
+        len_bytes: usize,
+        cells: Vec<(String, Cell)>,
+    ) -> Result<(), Rejection> {
         let reject = |reason: String| Rejection { line, reason };
         // Check the whole line first, so a rejected line leaves no trace.
         let mut new_columns = 0;
@@ -533,7 +550,11 @@ impl BatchBuilder {
         for column in columns {
             // A column widened after this batch started is widened here too.
             let mut values = column.values;
-            let final_type = self.known.get(&column.name).copied().unwrap_or(column.column_type);
+            let final_type = self
+                .known
+                .get(&column.name)
+                .copied()
+                .unwrap_or(column.column_type);
             if final_type == ColumnType::Float64 {
                 values.widen_to_float();
             }
@@ -551,7 +572,10 @@ fn cell_from_json(value: Value) -> Result<Option<Cell>, String> {
         Value::Bool(b) => Cell::Bool(b),
         Value::Number(n) => match n.as_i64() {
             Some(i) => Cell::Int(i),
-            None => Cell::Float(n.as_f64().ok_or_else(|| format!("number {n} is out of range"))?),
+            None => Cell::Float(
+                n.as_f64()
+                    .ok_or_else(|| format!("number {n} is out of range"))?,
+            ),
         },
         Value::String(s) => Cell::Str(s),
         Value::Array(items) => {
@@ -570,7 +594,9 @@ fn cell_from_json(value: Value) -> Result<Option<Cell>, String> {
             Cell::Tags(tags)
         }
         Value::Object(_) => {
-            return Err("nested objects are not supported; flatten them into top-level columns".to_string())
+            return Err(
+                "nested objects are not supported; flatten them into top-level columns".to_string(),
+            )
         }
     }))
 }
@@ -628,7 +654,12 @@ fn time_from_text(text: &str) -> Result<Cell, String> {
     }
     chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| Cell::Time(t.timestamp_micros()))
-        .map_err(|_| format!("`{}` is neither unix seconds nor RFC 3339 time", text.chars().take(64).collect::<String>()))
+        .map_err(|_| {
+            format!(
+                "`{}` is neither unix seconds nor RFC 3339 time",
+                text.chars().take(64).collect::<String>()
+            )
+        })
 }
 
 fn parse_csv_record(text: &str) -> Result<Vec<String>, csv::Error> {
@@ -654,18 +685,34 @@ mod tests {
     #[test]
     fn json_lines_become_typed_columns_with_nulls_for_missing_fields() {
         let mut b = builder();
-        b.push_json(1, r#"{"time": 10, "service": "api", "latency_ms": 12}"#).unwrap();
-        b.push_json(2, r#"{"time": "1970-01-01T00:00:11Z", "tags": ["a","b"], "ok": true}"#).unwrap();
+        b.push_json(1, r#"{"time": 10, "service": "api", "latency_ms": 12}"#)
+            .unwrap();
+        b.push_json(
+            2,
+            r#"{"time": "1970-01-01T00:00:11Z", "tags": ["a","b"], "ok": true}"#,
+        )
+        .unwrap();
         let out = b.finish().unwrap().unwrap();
         assert_eq!(out.lines, vec![1, 2]);
         let batch = out.batch;
         assert_eq!(batch.num_rows(), 2);
-        let time = batch.column_by_name("time").unwrap().as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+        let time = batch
+            .column_by_name("time")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
         assert_eq!(time.value(0), 10_000_000);
         assert_eq!(time.value(1), 11_000_000);
         assert!(batch.column_by_name("service").unwrap().is_null(1));
-        assert_eq!(batch.column_by_name("tags").unwrap().data_type(), &crate::schema::tags_type());
-        assert_eq!(batch.column_by_name("ok").unwrap().data_type(), &DataType::Boolean);
+        assert_eq!(
+            batch.column_by_name("tags").unwrap().data_type(),
+            &crate::schema::tags_type()
+        );
+        assert_eq!(
+            batch.column_by_name("ok").unwrap().data_type(),
+            &DataType::Boolean
+        );
     }
 
     #[test]
@@ -673,7 +720,12 @@ mod tests {
         let mut b = builder();
         b.push_json(1, r#"{"x": 1}"#).unwrap();
         let batch = b.finish().unwrap().unwrap().batch;
-        let time = batch.column_by_name("time").unwrap().as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+        let time = batch
+            .column_by_name("time")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
         assert_eq!(time.value(0), 42_000_000);
     }
 
@@ -684,7 +736,12 @@ mod tests {
         b.push_json(2, r#"{"x": 2.5}"#).unwrap();
         b.push_json(3, r#"{"x": 3}"#).unwrap();
         let batch = b.finish().unwrap().unwrap().batch;
-        let x = batch.column_by_name("x").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+        let x = batch
+            .column_by_name("x")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
         assert_eq!(x.values().to_vec(), vec![1.0, 2.5, 3.0]);
     }
 
@@ -694,12 +751,23 @@ mod tests {
         b.push_json(1, r#"{"x": 1}"#).unwrap();
         let err = b.push_json(2, r#"{"x": "one", "y": 5}"#).unwrap_err();
         assert_eq!(err.line, 2);
-        assert!(err.reason.contains("column `x`") && err.reason.contains("table `events`"), "{err}");
+        assert!(
+            err.reason.contains("column `x`") && err.reason.contains("table `events`"),
+            "{err}"
+        );
         b.push_json(3, r#"{"x": 3}"#).unwrap();
         let batch = b.finish().unwrap().unwrap().batch;
         assert_eq!(batch.num_rows(), 2);
-        assert!(batch.column_by_name("y").is_none(), "a rejected line leaves no column behind");
-        let x = batch.column_by_name("x").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        assert!(
+            batch.column_by_name("y").is_none(),
+            "a rejected line leaves no column behind"
+        );
+        let x = batch
+            .column_by_name("x")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
         assert_eq!(x.values().to_vec(), vec![1, 3]);
     }
 
@@ -707,17 +775,41 @@ mod tests {
     fn known_cluster_types_reject_conflicts_in_later_ingests() {
         let known = Schema::new(vec![Field::new("x", DataType::Utf8, true)]);
         let mut b = builder().with_known_types(&known);
-        assert!(b.push_json(7, r#"{"x": 5}"#).unwrap_err().reason.contains("column `x`"));
+        assert!(b
+            .push_json(7, r#"{"x": 5}"#)
+            .unwrap_err()
+            .reason
+            .contains("column `x`"));
     }
 
     #[test]
     fn malformed_json_and_bad_time_are_rejected_with_reasons() {
         let mut b = builder();
-        assert!(b.push_json(1, "{not json").unwrap_err().reason.contains("invalid JSON"));
-        assert!(b.push_json(2, "[1,2]").unwrap_err().reason.contains("JSON object"));
-        assert!(b.push_json(3, r#"{"time": "yesterday"}"#).unwrap_err().reason.contains("RFC 3339"));
-        assert!(b.push_json(4, r#"{"a": {"b": 1}}"#).unwrap_err().reason.contains("nested"));
-        assert!(b.push_json(5, r#"{"a": [1]}"#).unwrap_err().reason.contains("strings"));
+        assert!(b
+            .push_json(1, "{not json")
+            .unwrap_err()
+            .reason
+            .contains("invalid JSON"));
+        assert!(b
+            .push_json(2, "[1,2]")
+            .unwrap_err()
+            .reason
+            .contains("JSON object"));
+        assert!(b
+            .push_json(3, r#"{"time": "yesterday"}"#)
+            .unwrap_err()
+            .reason
+            .contains("RFC 3339"));
+        assert!(b
+            .push_json(4, r#"{"a": {"b": 1}}"#)
+            .unwrap_err()
+            .reason
+            .contains("nested"));
+        assert!(b
+            .push_json(5, r#"{"a": [1]}"#)
+            .unwrap_err()
+            .reason
+            .contains("strings"));
         assert_eq!(b.rows(), 0);
     }
 
@@ -726,12 +818,23 @@ mod tests {
         let mut b = builder();
         b.push_csv(1, "time,service,latency_ms,score").unwrap();
         b.push_csv(2, "10,api,12,0.5").unwrap();
-        b.push_csv(3, "2024-01-01T00:00:00Z,\"db, primary\",,1").unwrap();
-        assert!(b.push_csv(4, "1,2").unwrap_err().reason.contains("expected 4 fields"));
+        b.push_csv(3, "2024-01-01T00:00:00Z,\"db, primary\",,1")
+            .unwrap();
+        assert!(b
+            .push_csv(4, "1,2")
+            .unwrap_err()
+            .reason
+            .contains("expected 4 fields"));
         let batch = b.finish().unwrap().unwrap().batch;
         assert_eq!(batch.num_rows(), 2);
-        assert_eq!(batch.column_by_name("latency_ms").unwrap().data_type(), &DataType::Int64);
-        assert_eq!(batch.column_by_name("score").unwrap().data_type(), &DataType::Float64);
+        assert_eq!(
+            batch.column_by_name("latency_ms").unwrap().data_type(),
+            &DataType::Int64
+        );
+        assert_eq!(
+            batch.column_by_name("score").unwrap().data_type(),
+            &DataType::Float64
+        );
         assert!(batch.column_by_name("latency_ms").unwrap().is_null(1));
     }
 
@@ -740,10 +843,31 @@ mod tests {
         let long = "x".repeat(LINE_BYTES_MAX + 10);
         let input = format!("a\n{long}\nb\r\nc");
         let mut r = LineReader::new(input.as_bytes());
-        assert!(matches!(r.next_line().unwrap(), Some(Line::Text { number: 1, text: "a" })));
-        assert!(matches!(r.next_line().unwrap(), Some(Line::Oversized { number: 2, .. })));
-        assert!(matches!(r.next_line().unwrap(), Some(Line::Text { number: 3, text: "b" })));
-        assert!(matches!(r.next_line().unwrap(), Some(Line::Text { number: 4, text: "c" })));
+        assert!(matches!(
+            r.next_line().unwrap(),
+            Some(Line::Text {
+                number: 1,
+                text: "a"
+            })
+        ));
+        assert!(matches!(
+            r.next_line().unwrap(),
+            Some(Line::Oversized { number: 2, .. })
+        ));
+        assert!(matches!(
+            r.next_line().unwrap(),
+            Some(Line::Text {
+                number: 3,
+                text: "b"
+            })
+        ));
+        assert!(matches!(
+            r.next_line().unwrap(),
+            Some(Line::Text {
+                number: 4,
+                text: "c"
+            })
+        ));
         assert!(r.next_line().unwrap().is_none());
     }
 }

@@ -20,7 +20,9 @@ pub enum Error {
     ProtocolVersion { peer: u32, ours: u32 },
 
     /// A column's values conflict with the type the table already has.
-    #[error("table `{table}`, column `{column}`: {found} value does not fit column of type {expected}")]
+    #[error(
+        "table `{table}`, column `{column}`: {found} value does not fit column of type {expected}"
+    )]
     TypeConflict {
         table: String,
         column: String,

@@ -10,7 +10,7 @@ pub const FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const LINE_BYTES_MAX: usize = 1024 * 1024;
 
 /// Rows in one ingest batch (one placement decision, one acknowledgement).
-pub const BATCH_ROWS_MAX: usize = 16 * 1024;
+pub const BATCH_ROWS_MAX: usize = 8 * 1024;
 
 /// Encoded bytes in one ingest batch; a batch is cut early when it reaches this.
 pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;

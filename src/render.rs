@@ -2,7 +2,9 @@
 //! json`, shared with the tests' oracle so both sides print cells alike.
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, Int32Type, Int64Type, TimeUnit, UInt64Type};
+use datafusion::arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int32Type, Int64Type, TimeUnit, UInt64Type,
+};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde_json::{json, Value};
@@ -12,7 +14,9 @@ pub fn rows(batches: &[RecordBatch]) -> Vec<Value> {
     let mut out = Vec::new();
     for b in batches {
         for row in 0..b.num_rows() {
-            out.push(Value::Array(b.columns().iter().map(|c| cell(c, row)).collect()));
+            out.push(Value::Array(
+                b.columns().iter().map(|c| cell(c, row)).collect(),
+            ));
         }
     }
     out

@@ -150,8 +150,14 @@ mod tests {
 
     #[test]
     fn int_meets_float_widens_to_float() {
-        assert_eq!(ColumnType::Int64.unify(ColumnType::Float64), Some(ColumnType::Float64));
-        assert_eq!(ColumnType::Float64.unify(ColumnType::Int64), Some(ColumnType::Float64));
+        assert_eq!(
+            ColumnType::Int64.unify(ColumnType::Float64),
+            Some(ColumnType::Float64)
+        );
+        assert_eq!(
+            ColumnType::Float64.unify(ColumnType::Int64),
+            Some(ColumnType::Float64)
+        );
     }
 
     #[test]

@@ -32,7 +32,10 @@ pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>> {
         .map_err(|e| Error::Internal(format!("encoding a frame: {e}")))?;
     let len = out.len() - FRAME_PREFIX_BYTES;
     if len > FRAME_BYTES_MAX {
-        return Err(Error::FrameTooLarge { len_bytes: len, max_bytes: FRAME_BYTES_MAX });
+        return Err(Error::FrameTooLarge {
+            len_bytes: len,
+            max_bytes: FRAME_BYTES_MAX,
+        });
     }
     out[..FRAME_PREFIX_BYTES].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(out)
@@ -42,7 +45,10 @@ pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>> {
 pub fn frame_len(prefix: [u8; FRAME_PREFIX_BYTES]) -> Result<usize> {
     let len = u32::from_le_bytes(prefix) as usize;
     if len > FRAME_BYTES_MAX {
-        return Err(Error::FrameTooLarge { len_bytes: len, max_bytes: FRAME_BYTES_MAX });
+        return Err(Error::FrameTooLarge {
+            len_bytes: len,
+            max_bytes: FRAME_BYTES_MAX,
+        });
     }
     Ok(len)
 }
@@ -72,9 +78,17 @@ pub struct BatchId {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     /// Leaf: apply a batch (Arrow IPC) to `table`, log it, acknowledge.
-    Ingest { table: String, batch_id: BatchId, ipc: Vec<u8> },
+    Ingest {
+        table: String,
+        batch_id: BatchId,
+        ipc: Vec<u8>,
+    },
     /// Leaf: run a plan fragment (datafusion-proto bytes) over `table`.
-    Fragment { protocol_version: u32, table: String, plan: Vec<u8> },
+    Fragment {
+        protocol_version: u32,
+        table: String,
+        plan: Vec<u8>,
+    },
     /// Leaf: tables, schemas, row counts, memory.
     LeafStats,
     /// Leaf: stop taking writes, seal, hand memory to a successor, exit.
@@ -155,7 +169,8 @@ pub struct LeafStats {
 
 impl LeafStats {
     pub fn memory_free_bytes(&self) -> u64 {
-        self.memory_limit_bytes.saturating_sub(self.memory_used_bytes)
+        self.memory_limit_bytes
+            .saturating_sub(self.memory_used_bytes)
     }
 }
 
@@ -175,13 +190,22 @@ pub struct LeafStatus {
 /// terminal frame (anything else).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
-    IngestAck { rows: u64, duplicate: bool, memory_free_bytes: u64 },
+    IngestAck {
+        rows: u64,
+        duplicate: bool,
+        memory_free_bytes: u64,
+    },
     /// Part of a result: a self-contained IPC stream.
     Batches(Vec<u8>),
     /// End of a fragment's result, with the table's rows on this leaf.
-    FragmentDone { table_rows: u64 },
+    FragmentDone {
+        table_rows: u64,
+    },
     /// End of a query's result.
-    QueryDone { coverage: Coverage, notes: Vec<String> },
+    QueryDone {
+        coverage: Coverage,
+        notes: Vec<String>,
+    },
     Stats(LeafStats),
     Status(Vec<LeafStatus>),
     Schema(Option<Vec<u8>>),
@@ -204,8 +228,15 @@ mod tests {
         let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
         assert_eq!(len, frame.len() - 4);
         match decode_payload::<Request>(&frame[4..]).unwrap() {
-            Request::Ingest { table, batch_id, ipc } => {
-                assert_eq!((table.as_str(), batch_id.seq, ipc), ("events", 9, vec![1, 2, 3]));
+            Request::Ingest {
+                table,
+                batch_id,
+                ipc,
+            } => {
+                assert_eq!(
+                    (table.as_str(), batch_id.seq, ipc),
+                    ("events", 9, vec![1, 2, 3])
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -214,12 +245,18 @@ mod tests {
     #[test]
     fn oversized_prefix_is_refused_before_allocation() {
         let prefix = ((FRAME_BYTES_MAX + 1) as u32).to_le_bytes();
-        assert!(matches!(frame_len(prefix), Err(Error::FrameTooLarge { .. })));
+        assert!(matches!(
+            frame_len(prefix),
+            Err(Error::FrameTooLarge { .. })
+        ));
     }
 
     #[test]
     fn garbage_payload_is_a_malformed_frame_not_a_panic() {
-        assert!(matches!(decode_payload::<Request>(&[0xff; 9]), Err(Error::MalformedFrame(_))));
+        assert!(matches!(
+            decode_payload::<Request>(&[0xff; 9]),
+            Err(Error::MalformedFrame(_))
+        ));
         assert!(decode_payload::<Request>(&[]).is_err());
     }
 }

@@ -10,8 +10,14 @@ use serde_json::json;
 #[test]
 fn healthy_cluster_answers_with_full_coverage_and_exact_row_totals() {
     let cluster = TestCluster::up(4);
-    assert!(cluster.ingest("events", &gen_events(10_000, 3), &[]).status.success());
-    assert!(cluster.ingest("other", b"{\"x\": 1}\n", &[]).status.success());
+    assert!(cluster
+        .ingest("events", &gen_events(10_000, 3), &[])
+        .status
+        .success());
+    assert!(cluster
+        .ingest("other", b"{\"x\": 1}\n", &[])
+        .status
+        .success());
     let answer = cluster.query_json("SELECT count(*) FROM events", &[]);
     let c = &answer["coverage"];
     assert_eq!(c["leaves_total"], 4);
@@ -26,14 +32,26 @@ fn healthy_cluster_answers_with_full_coverage_and_exact_row_totals() {
 #[test]
 fn table_and_csv_formats_print_coverage_on_stderr_only() {
     let cluster = TestCluster::up(2);
-    assert!(cluster.ingest("t", b"{\"x\": 1}\n{\"x\": 2}\n", &[]).status.success());
+    assert!(cluster
+        .ingest("t", b"{\"x\": 1}\n{\"x\": 2}\n", &[])
+        .status
+        .success());
     for format in ["table", "csv"] {
-        let out = cluster.run(&["query", "--format", format, "SELECT sum(x) AS s FROM t"], None);
+        let out = cluster.run(
+            &["query", "--format", format, "SELECT sum(x) AS s FROM t"],
+            None,
+        );
         assert!(out.status.success());
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stdout.contains('3') && !stdout.contains("coverage"), "{format}: {stdout}");
-        assert!(stderr.contains("coverage 1.0000 (2 of 2 rows)"), "{format}: {stderr}");
+        assert!(
+            stdout.contains('3') && !stdout.contains("coverage"),
+            "{format}: {stdout}"
+        );
+        assert!(
+            stderr.contains("coverage 1.0000 (2 of 2 rows)"),
+            "{format}: {stderr}"
+        );
     }
 }
 
@@ -52,25 +70,70 @@ fn bad_sql_exits_2_with_datafusion_error() {
 #[test]
 fn killed_leaf_is_named_unreachable_and_its_rows_are_not_covered() {
     let cluster = TestCluster::up(4);
-    assert!(cluster.ingest("events", &gen_events(20_000, 5), &[]).status.success());
+    assert!(cluster
+        .ingest("events", &gen_events(20_000, 5), &[])
+        .status
+        .success());
     let before = cluster.rows_per_leaf("events");
-    // SAFETY-free: kill(2) on our own child process.
-    let pid = cluster.pid("leaf-2");
+    // Kill the leaf holding the most rows, so its loss shows in the coverage.
+    let (victim, _) = before.iter().max_by_key(|(_, rows)| *rows).unwrap().clone();
+    let pid = cluster.pid(&victim);
+    // SAFETY: kill(2) on a process this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    std::thread::sleep(std::time::Duration::from_millis(1500));
     let started = std::time::Instant::now();
     let answer = cluster.query_json("SELECT count(*) FROM events", &["--timeout", "2000"]);
     assert!(started.elapsed().as_millis() < 4_000);
     let c = &answer["coverage"];
-    let live: u64 = before.iter().filter(|(l, _)| l != "leaf-2").map(|(_, r)| r).sum();
+    let live: u64 = before
+        .iter()
+        .filter(|(l, _)| *l != victim)
+        .map(|(_, r)| r)
+        .sum();
     assert_eq!(c["partial"], true);
     assert_eq!(c["leaves_ok"], 3);
     assert_eq!(c["rows_total"], 20_000);
     assert_eq!(c["rows_covered"], live);
-    assert_eq!(c["missing"], json!([{"leaf": "leaf-2", "reason": "unreachable"}]));
+    assert_eq!(
+        c["missing"],
+        json!([{"leaf": victim, "reason": "unreachable"}])
+    );
     assert_eq!(answer["rows"][0][0], live);
 
     let strict = cluster.run(&["query", "--strict", "SELECT count(*) FROM events"], None);
-    assert_eq!(strict.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&strict.stderr).contains("leaf-2"));
+    assert_eq!(
+        strict.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&strict.stderr)
+    );
+    assert!(String::from_utf8_lossy(&strict.stderr).contains(&victim));
+}
+
+#[test]
+fn stopped_leaf_costs_at_most_the_deadline_and_is_named_timeout() {
+    let cluster = TestCluster::up(4);
+    assert!(cluster
+        .ingest("events", &gen_events(40_000, 6), &[])
+        .status
+        .success());
+    let before = cluster.rows_per_leaf("events");
+    let (victim, victim_rows) = before.iter().max_by_key(|(_, rows)| *rows).unwrap().clone();
+    let pid = cluster.pid(&victim);
+    // SAFETY: kill(2) on a process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = std::time::Instant::now();
+    let answer = cluster.query_json("SELECT count(*) FROM events", &["--timeout", "1000"]);
+    let elapsed_ms = started.elapsed().as_millis();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // The deadline plus process start-up of scubactl itself (a debug build).
+    assert!(elapsed_ms < 1000 + 1500, "answered after {elapsed_ms} ms");
+    let c = &answer["coverage"];
+    assert_eq!(c["missing"], json!([{"leaf": victim, "reason": "timeout"}]));
+    assert_eq!(c["rows_total"], 40_000);
+    assert_eq!(c["rows_covered"], 40_000 - victim_rows);
+
+    let after = cluster.query_json("SELECT count(*) FROM events", &[]);
+    assert_eq!(after["coverage"]["partial"], false, "{}", after["coverage"]);
+    assert_eq!(after["rows"][0][0], 40_000);
 }

@@ -10,20 +10,30 @@ use common::{gen_events, TestCluster};
 fn placement_spreads_200k_rows_across_four_leaves() {
     let cluster = TestCluster::up(4);
     let out = cluster.ingest("events", &gen_events(200_000, 7), &["--seed", "7"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let per_leaf = cluster.rows_per_leaf("events");
     let total: u64 = per_leaf.iter().map(|(_, r)| r).sum();
     assert_eq!(total, 200_000);
     for (leaf, rows) in &per_leaf {
         let share = *rows as f64 / total as f64;
-        assert!((0.15..=0.35).contains(&share), "{leaf} holds {share:.3} of the rows: {per_leaf:?}");
+        assert!(
+            (0.15..=0.35).contains(&share),
+            "{leaf} holds {share:.3} of the rows: {per_leaf:?}"
+        );
     }
 }
 
 #[test]
 fn bad_lines_are_reported_by_number_and_good_lines_land_once() {
     let cluster = TestCluster::up(4);
-    let oversized = format!("{{\"id\": 999, \"blob\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let oversized = format!(
+        "{{\"id\": 999, \"blob\": \"{}\"}}",
+        "x".repeat(2 * 1024 * 1024)
+    );
     let mut lines: Vec<String> = Vec::new();
     let mut good_ids = Vec::new();
     for id in 0..3000u64 {
@@ -36,7 +46,11 @@ fn bad_lines_are_reported_by_number_and_good_lines_land_once() {
             2500 => "{\"id\": 2500, \"time\": \"not a time\"}".to_string(),
             _ => {
                 good_ids.push(id);
-                format!("{{\"id\": {id}, \"latency_ms\": {}, \"service\": \"s{}\"}}", id % 97, id % 5)
+                format!(
+                    "{{\"id\": {id}, \"latency_ms\": {}, \"service\": \"s{}\"}}",
+                    id % 97,
+                    id % 5
+                )
             }
         };
         lines.push(line);
@@ -54,20 +68,35 @@ fn bad_lines_are_reported_by_number_and_good_lines_land_once() {
         (2501, "RFC 3339"),
     ] {
         let expected = format!("line {line}: ");
-        let reported = stderr.lines().find(|l| l.contains(&expected)).unwrap_or_else(|| panic!("line {line} not reported:\n{stderr}"));
+        let reported = stderr
+            .lines()
+            .find(|l| l.contains(&expected))
+            .unwrap_or_else(|| panic!("line {line} not reported:\n{stderr}"));
         assert!(reported.contains(why), "line {line}: {reported}");
     }
-    assert!(stdout.contains("2995 rows ingested, 5 rows rejected"), "{stdout}");
+    assert!(
+        stdout.contains("2995 rows ingested, 5 rows rejected"),
+        "{stdout}"
+    );
 
-    let answer = cluster.query_json("SELECT count(*), count(DISTINCT id), sum(id) FROM events", &[]);
+    let answer = cluster.query_json(
+        "SELECT count(*), count(DISTINCT id), sum(id) FROM events",
+        &[],
+    );
     let expected_sum: u64 = good_ids.iter().sum();
-    assert_eq!(answer["rows"][0], serde_json::json!([2995, 2995, expected_sum]));
+    assert_eq!(
+        answer["rows"][0],
+        serde_json::json!([2995, 2995, expected_sum])
+    );
 }
 
 #[test]
 fn an_int_column_widens_to_float_across_batches_and_leaves() {
     let cluster = TestCluster::up(2);
-    assert!(cluster.ingest("m", b"{\"v\": 1}\n{\"v\": 2}\n", &[]).status.success());
+    assert!(cluster
+        .ingest("m", b"{\"v\": 1}\n{\"v\": 2}\n", &[])
+        .status
+        .success());
     assert!(cluster.ingest("m", b"{\"v\": 2.5}\n", &[]).status.success());
     let answer = cluster.query_json("SELECT sum(v), arrow_typeof(sum(v)) FROM m", &[]);
     assert_eq!(answer["rows"][0], serde_json::json!([5.5, "Float64"]));
@@ -76,10 +105,16 @@ fn an_int_column_widens_to_float_across_batches_and_leaves() {
 #[test]
 fn a_type_conflict_with_the_cluster_names_table_column_and_line() {
     let cluster = TestCluster::up(2);
-    assert!(cluster.ingest("t", b"{\"k\": \"text\"}\n", &[]).status.success());
+    assert!(cluster
+        .ingest("t", b"{\"k\": \"text\"}\n", &[])
+        .status
+        .success());
     let out = cluster.ingest("t", b"{\"k\": \"more\"}\n{\"k\": 5}\n", &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("line 2") && stderr.contains("table `t`") && stderr.contains("column `k`"), "{stderr}");
+    assert!(
+        stderr.contains("line 2") && stderr.contains("table `t`") && stderr.contains("column `k`"),
+        "{stderr}"
+    );
     let answer = cluster.query_json("SELECT k FROM t ORDER BY k", &[]);
     assert_eq!(answer["rows"], serde_json::json!([["more"], ["text"]]));
 }
@@ -89,10 +124,17 @@ fn csv_input_lands_with_typed_columns() {
     let cluster = TestCluster::up(2);
     let csv = "time,service,latency_ms\n1700000000,api,12\n2023-11-14T22:13:21Z,\"web, eu\",7.5\n";
     let out = cluster.ingest("c", csv.as_bytes(), &["--format", "csv"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let answer = cluster.query_json("SELECT service, latency_ms, time FROM c ORDER BY time", &[]);
     assert_eq!(
         answer["rows"],
-        serde_json::json!([["api", 12.0, "2023-11-14T22:13:20"], ["web, eu", 7.5, "2023-11-14T22:13:21"]])
+        serde_json::json!([
+            ["api", 12.0, "2023-11-14T22:13:20"],
+            ["web, eu", 7.5, "2023-11-14T22:13:21"]
+        ])
     );
 }

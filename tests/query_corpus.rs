@@ -14,10 +14,18 @@ fn corpus_through_a_four_leaf_cluster_matches_one_datafusion_session() {
     let data = gen_events(ROWS, 42);
     let cluster = TestCluster::up(4);
     let out = cluster.ingest("events", &data, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ctx = oracle("events", &data);
     let queries = corpus();
-    assert!(queries.len() >= 25, "the corpus has {} queries", queries.len());
+    assert!(
+        queries.len() >= 25,
+        "the corpus has {} queries",
+        queries.len()
+    );
     for q in &queries {
         let answer = cluster.query_json(&q.sql, &[]);
         assert_eq!(answer["coverage"]["coverage"], 1.0, "{}", q.sql);
@@ -37,7 +45,9 @@ fn corpus_through_the_embedded_database_matches_one_datafusion_session() {
         .unwrap();
     assert_eq!((report.rows_ingested, report.rows_rejected), (ROWS, 0));
     for q in &corpus() {
-        let answer = rt.block_on(db.query(&q.sql)).unwrap_or_else(|e| panic!("{}: {e}", q.sql));
+        let answer = rt
+            .block_on(db.query(&q.sql))
+            .unwrap_or_else(|e| panic!("{}: {e}", q.sql));
         assert_eq!(answer.coverage.coverage, 1.0);
         let got = scuba::render::rows(&answer.batches);
         assert_same_rows(q, &got, &oracle_rows(&ctx, &q.sql));

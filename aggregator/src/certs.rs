@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use scuba_leaf::net::SERVER_NAME;
 
@@ -36,7 +36,11 @@ fn ca_params() -> Result<CertificateParams> {
     dn.push(DnType::CommonName, "scuba cluster CA");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     Ok(params)
 }
 
@@ -66,11 +70,15 @@ pub fn generate(dir: &Path, nodes: &[String]) -> Result<()> {
         }
         let key = KeyPair::generate().map_err(certs_err)?;
         let mut params =
-            CertificateParams::new(vec![SERVER_NAME.to_string(), "localhost".to_string()]).map_err(certs_err)?;
+            CertificateParams::new(vec![SERVER_NAME.to_string(), "localhost".to_string()])
+                .map_err(certs_err)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, node.as_str());
         params.distinguished_name = dn;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let cert = params.signed_by(&key, &issuer).map_err(certs_err)?;
         std::fs::write(&cert_path, cert.pem())?;

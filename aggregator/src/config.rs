@@ -80,7 +80,10 @@ impl ClusterConfig {
             return Err("no leaves".into());
         }
         if self.leaves.len() > LEAVES_MAX {
-            return Err(format!("{} leaves; at most {LEAVES_MAX}", self.leaves.len()));
+            return Err(format!(
+                "{} leaves; at most {LEAVES_MAX}",
+                self.leaves.len()
+            ));
         }
         let mut ids = HashSet::new();
         for leaf in &self.leaves {

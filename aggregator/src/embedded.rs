@@ -38,7 +38,10 @@ impl Database {
         let leaves = (0..leaves.max(1))
             .map(|i| Leaf::open(LeafOptions::in_memory(&format!("leaf-{i}"))).map(|(l, _)| l))
             .collect::<scuba_leaf::Result<Vec<_>>>()?;
-        let addrs = leaves.iter().map(|l| format!("in-process:{}", l.id())).collect();
+        let addrs = leaves
+            .iter()
+            .map(|l| format!("in-process:{}", l.id()))
+            .collect();
         let transport: Arc<dyn LeafTransport> = Arc::new(InProcessTransport::new(leaves));
         let aggregator = Aggregator::new(
             Arc::clone(&transport),
@@ -48,21 +51,35 @@ impl Database {
                 min_coverage: 0.0,
             },
         );
-        Ok(Database { transport, aggregator })
+        Ok(Database {
+            transport,
+            aggregator,
+        })
     }
 
     /// Ingests JSON lines into `table`, placing batches as the CLI does.
-    pub async fn ingest_jsonl<R: BufRead + Send + 'static>(&self, table: &str, input: R) -> Result<IngestReport> {
-        self.ingest(input, IngestOptions {
-            table: table.to_string(),
-            format: InputFormat::Jsonl,
-            time_column: TIME_COLUMN_DEFAULT.to_string(),
-            seed: None,
-        })
+    pub async fn ingest_jsonl<R: BufRead + Send + 'static>(
+        &self,
+        table: &str,
+        input: R,
+    ) -> Result<IngestReport> {
+        self.ingest(
+            input,
+            IngestOptions {
+                table: table.to_string(),
+                format: InputFormat::Jsonl,
+                time_column: TIME_COLUMN_DEFAULT.to_string(),
+                seed: None,
+            },
+        )
         .await
     }
 
-    pub async fn ingest<R: BufRead + Send + 'static>(&self, input: R, options: IngestOptions) -> Result<IngestReport> {
+    pub async fn ingest<R: BufRead + Send + 'static>(
+        &self,
+        input: R,
+        options: IngestOptions,
+    ) -> Result<IngestReport> {
         let report = ingest(Arc::clone(&self.transport), input, options, |_| {}, |_| {}).await?;
         self.aggregator.refresh().await;
         Ok(report)

@@ -77,7 +77,10 @@ pub struct QueryAnswer {
 enum LeafState {
     Unknown,
     Up,
+    /// Its port refused a probe: the process is gone.
     Down,
+    /// It holds its port but did not answer (stopped, overloaded, cut off).
+    Unresponsive,
     Restarting,
 }
 
@@ -100,12 +103,18 @@ pub struct Aggregator {
 
 impl fmt::Debug for Aggregator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Aggregator").field("leaves", &self.ids).finish()
+        f.debug_struct("Aggregator")
+            .field("leaves", &self.ids)
+            .finish()
     }
 }
 
 impl Aggregator {
-    pub fn new(transport: Arc<dyn LeafTransport>, addrs: Vec<String>, defaults: QueryDefaults) -> Self {
+    pub fn new(
+        transport: Arc<dyn LeafTransport>,
+        addrs: Vec<String>,
+        defaults: QueryDefaults,
+    ) -> Self {
         let ids = transport.leaf_ids();
         let cache = ids
             .iter()
@@ -135,7 +144,9 @@ impl Aggregator {
             .map(|i| {
                 let t = Arc::clone(&self.transport);
                 async move {
-                    let r = tokio::time::timeout(Duration::from_millis(STATS_TIMEOUT_MS), t.stats(i)).await;
+                    let r =
+                        tokio::time::timeout(Duration::from_millis(STATS_TIMEOUT_MS), t.stats(i))
+                            .await;
                     (i, r)
                 }
             })
@@ -145,17 +156,30 @@ impl Aggregator {
             let c = &mut cache[i];
             match r {
                 Ok(Ok(stats)) => {
-                    c.state = if stats.accepting_writes { LeafState::Up } else { LeafState::Restarting };
+                    c.state = if stats.accepting_writes {
+                        LeafState::Up
+                    } else {
+                        LeafState::Restarting
+                    };
                     c.schemas = stats
                         .tables
                         .iter()
-                        .filter_map(|t| scuba::ipc::ipc_to_schema(&t.schema_ipc).ok().map(|s| (t.name.clone(), s)))
+                        .filter_map(|t| {
+                            scuba::ipc::ipc_to_schema(&t.schema_ipc)
+                                .ok()
+                                .map(|s| (t.name.clone(), s))
+                        })
                         .collect();
                     c.stats = Some(stats);
                     c.last_report = Some(Instant::now());
                 }
                 Ok(Err(MissingReason::Restarting)) => c.state = LeafState::Restarting,
-                _ => c.state = LeafState::Down,
+                Ok(Err(MissingReason::Unreachable)) => c.state = LeafState::Down,
+                _ => c.state = LeafState::Unresponsive,
+            }
+            if c.state != LeafState::Up {
+                let t = Arc::clone(&self.transport);
+                tokio::spawn(async move { t.reset(i).await });
             }
         }
     }
@@ -185,6 +209,7 @@ impl Aggregator {
                 state: match c.state {
                     LeafState::Up => "up",
                     LeafState::Down | LeafState::Unknown => "down",
+                    LeafState::Unresponsive => "unresponsive",
                     LeafState::Restarting => "restarting",
                 }
                 .to_string(),
@@ -211,7 +236,10 @@ impl Aggregator {
 
     fn table_names(&self) -> BTreeSet<String> {
         let cache = self.cache.read().expect("cache poisoned");
-        cache.iter().flat_map(|c| c.schemas.keys().cloned()).collect()
+        cache
+            .iter()
+            .flat_map(|c| c.schemas.keys().cloned())
+            .collect()
     }
 
     /// Rows each leaf last reported for `tables`.
@@ -221,7 +249,11 @@ impl Aggregator {
             .iter()
             .map(|c| {
                 c.stats.as_ref().map_or(0, |s| {
-                    s.tables.iter().filter(|t| tables.contains(&t.name)).map(|t| t.rows).sum()
+                    s.tables
+                        .iter()
+                        .filter(|t| tables.contains(&t.name))
+                        .map(|t| t.rows)
+                        .sum()
                 })
             })
             .collect()
@@ -233,7 +265,10 @@ impl Aggregator {
             .with_target_partitions(leaves.clamp(2, 16))
             .with_round_robin_repartition(false)
             .with_information_schema(false);
-        config.options_mut().optimizer.enable_dynamic_filter_pushdown = false;
+        config
+            .options_mut()
+            .optimizer
+            .enable_dynamic_filter_pushdown = false;
         // Partial and final aggregates must stay apart: the partial runs on
         // the leaves. With one leaf nothing separates them, so this rule
         // would fuse them and raw rows would be shipped.
@@ -272,7 +307,10 @@ impl Aggregator {
     /// is below the minimum (the error still carries the coverage).
     pub async fn query(&self, sql: &str, options: &QueryOptions) -> Result<QueryAnswer> {
         let started = Instant::now();
-        let timeout_ms = options.timeout_ms.unwrap_or(self.defaults.timeout_ms).clamp(1, QUERY_TIMEOUT_MS_MAX);
+        let timeout_ms = options
+            .timeout_ms
+            .unwrap_or(self.defaults.timeout_ms)
+            .clamp(1, QUERY_TIMEOUT_MS_MAX);
         let min_coverage = options.min_coverage.unwrap_or(self.defaults.min_coverage);
         let plan = match self.plan(sql).await {
             Ok(p) => p,
@@ -287,7 +325,11 @@ impl Aggregator {
             Err(e) => return Err(e),
         };
         let mut answer = self.run(plan.clone(), started, timeout_ms).await?;
-        if answer.coverage.missing.iter().any(|m| matches!(&m.reason, MissingReason::Error(e) if e.contains("stale schema")))
+        if answer
+            .coverage
+            .missing
+            .iter()
+            .any(|m| matches!(&m.reason, MissingReason::Error(e) if e.contains("stale schema")))
         {
             self.refresh().await;
             let plan = self.plan(sql).await?;
@@ -302,7 +344,12 @@ impl Aggregator {
         Ok(answer)
     }
 
-    async fn run(&self, plan: Arc<dyn ExecutionPlan>, started: Instant, timeout_ms: u64) -> Result<QueryAnswer> {
+    async fn run(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        started: Instant,
+        timeout_ms: u64,
+    ) -> Result<QueryAnswer> {
         let mut fragments = Vec::new();
         let plan = cut(plan, &mut fragments)?;
         let leaves = self.ids.len();
@@ -310,13 +357,19 @@ impl Aggregator {
         let tables: BTreeSet<String> = fragments.iter().map(|f| f.table.clone()).collect();
         let last_rows = self.last_rows(&tables);
 
-        let mut per_leaf: Vec<Vec<Vec<RecordBatch>>> = vec![vec![Vec::new(); fragments.len()]; leaves];
+        let mut per_leaf: Vec<Vec<Vec<RecordBatch>>> =
+            vec![vec![Vec::new(); fragments.len()]; leaves];
         let coverage = if fragments.is_empty() {
             Coverage::compute(&vec![0; leaves], vec![])
         } else {
             let encoded: Vec<(String, Arc<Vec<u8>>)> = fragments
                 .iter()
-                .map(|f| Ok((f.table.clone(), Arc::new(encode_fragment(Arc::clone(&f.plan))?))))
+                .map(|f| {
+                    Ok((
+                        f.table.clone(),
+                        Arc::new(encode_fragment(Arc::clone(&f.plan))?),
+                    ))
+                })
                 .collect::<Result<_>>()?;
             let mut fan = FanOut::new(leaves, timeout_ms);
             let down: Vec<bool> = {
@@ -325,43 +378,50 @@ impl Aggregator {
             };
             let mut pending = FuturesUnordered::new();
             for (leaf, is_down) in down.iter().enumerate() {
-                if *is_down {
-                    // The poller found it unreachable; do not spend the
-                    // deadline on it. It comes back at the next poll.
-                    fan.record(leaf, elapsed_ms(started), Outcome::Missing(MissingReason::Unreachable));
-                    continue;
-                }
                 let transport = Arc::clone(&self.transport);
                 let encoded = encoded.clone();
-                pending.push(async move {
-                    let mut out = Vec::with_capacity(encoded.len());
-                    let mut rows_by_table: HashMap<String, u64> = HashMap::new();
-                    for (table, plan) in encoded {
-                        let reply = transport.fragment(leaf, &table, plan).await?;
-                        rows_by_table.insert(table, reply.table_rows);
-                        out.push(reply.batches);
+                let is_down = *is_down;
+                pending.push(
+                    async move {
+                        // A leaf the poller found gone is checked at once (one
+                        // probe, about a millisecond) instead of costing the
+                        // deadline; if it came back, it is asked as usual.
+                        if is_down && transport.is_gone(leaf).await {
+                            return Err(MissingReason::Unreachable);
+                        }
+                        let mut out = Vec::with_capacity(encoded.len());
+                        let mut rows_by_table: HashMap<String, u64> = HashMap::new();
+                        for (table, plan) in encoded {
+                            let reply = transport.fragment(leaf, &table, plan).await?;
+                            rows_by_table.insert(table, reply.table_rows);
+                            out.push(reply.batches);
+                        }
+                        Ok::<_, MissingReason>((out, rows_by_table.values().sum::<u64>()))
                     }
-                    Ok::<_, MissingReason>((out, rows_by_table.values().sum::<u64>()))
-                }.map(move |r| (leaf, r)));
+                    .map(move |r| (leaf, r)),
+                );
             }
-            let deadline = tokio::time::Instant::from_std(started) + Duration::from_millis(timeout_ms);
+            let deadline =
+                tokio::time::Instant::from_std(started) + Duration::from_millis(timeout_ms);
             while !fan.is_done() {
                 match tokio::time::timeout_at(deadline, pending.next()).await {
                     Ok(Some((leaf, result))) => {
                         let now = elapsed_ms(started);
                         match result {
-                            Ok((batches, table_rows)) => {
-                                match conform(&fragments, batches) {
-                                    Ok(b) => {
-                                        if fan.record(leaf, now, Outcome::Answered { table_rows }) {
-                                            per_leaf[leaf] = b;
-                                        }
-                                    }
-                                    Err(e) => {
-                                        fan.record(leaf, now, Outcome::Missing(MissingReason::Error(e)));
+                            Ok((batches, table_rows)) => match conform(&fragments, batches) {
+                                Ok(b) => {
+                                    if fan.record(leaf, now, Outcome::Answered { table_rows }) {
+                                        per_leaf[leaf] = b;
                                     }
                                 }
-                            }
+                                Err(e) => {
+                                    fan.record(
+                                        leaf,
+                                        now,
+                                        Outcome::Missing(MissingReason::Error(e)),
+                                    );
+                                }
+                            },
                             Err(reason) => {
                                 fan.record(leaf, now, Outcome::Missing(reason));
                             }
@@ -374,6 +434,17 @@ impl Aggregator {
             // Dropping the futures still pending cancels their requests.
             drop(pending);
             fan.expire(u64::MAX);
+            for leaf in 0..leaves {
+                if matches!(
+                    fan.outcome(leaf),
+                    Some(Outcome::Missing(MissingReason::Timeout))
+                ) {
+                    // Its connection may be dead (a restarted process does
+                    // not know it); the next request connects afresh.
+                    let t = Arc::clone(&self.transport);
+                    tokio::spawn(async move { t.reset(leaf).await });
+                }
+            }
             for (leaf, batches) in per_leaf.iter_mut().enumerate() {
                 if !matches!(fan.outcome(leaf), Some(Outcome::Answered { .. })) {
                     batches.iter_mut().for_each(Vec::clear);
@@ -389,7 +460,8 @@ impl Aggregator {
                 .iter()
                 .enumerate()
                 .map(|(k, f)| {
-                    let partitions: Vec<Vec<RecordBatch>> = per_leaf.iter().map(|l| l[k].clone()).collect();
+                    let partitions: Vec<Vec<RecordBatch>> =
+                        per_leaf.iter().map(|l| l[k].clone()).collect();
                     let exec: Arc<dyn ExecutionPlan> =
                         MemorySourceConfig::try_new_exec(&partitions, f.plan.schema(), None)?;
                     Ok(exec)
@@ -414,7 +486,10 @@ fn elapsed_ms(started: Instant) -> u64 {
 
 /// Checks that a leaf's batches have its fragments' schemas and relabels
 /// them with the aggregator's schema objects.
-fn conform(fragments: &[Fragment], per_fragment: Vec<Vec<RecordBatch>>) -> std::result::Result<Vec<Vec<RecordBatch>>, String> {
+fn conform(
+    fragments: &[Fragment],
+    per_fragment: Vec<Vec<RecordBatch>>,
+) -> std::result::Result<Vec<Vec<RecordBatch>>, String> {
     fragments
         .iter()
         .zip(per_fragment)
@@ -426,7 +501,8 @@ fn conform(fragments: &[Fragment], per_fragment: Vec<Vec<RecordBatch>>) -> std::
                     RecordBatch::try_new_with_options(
                         Arc::clone(&schema),
                         b.columns().to_vec(),
-                        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+                        &datafusion::arrow::array::RecordBatchOptions::new()
+                            .with_row_count(Some(b.num_rows())),
                     )
                     .map_err(|e| format!("reply does not match the fragment's schema: {e}"))
                 })
@@ -450,7 +526,9 @@ struct FragmentSlot {
 }
 
 fn is_exchange(plan: &dyn ExecutionPlan) -> bool {
-    plan.is::<CoalescePartitionsExec>() || plan.is::<SortPreservingMergeExec>() || plan.is::<RepartitionExec>()
+    plan.is::<CoalescePartitionsExec>()
+        || plan.is::<SortPreservingMergeExec>()
+        || plan.is::<RepartitionExec>()
 }
 
 fn scan_table(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
@@ -479,9 +557,13 @@ fn is_fragment(plan: &Arc<dyn ExecutionPlan>) -> bool {
 }
 
 /// Cuts every maximal fragment out of `plan`, replacing each with a slot.
-fn cut(plan: Arc<dyn ExecutionPlan>, fragments: &mut Vec<Fragment>) -> Result<Arc<dyn ExecutionPlan>> {
+fn cut(
+    plan: Arc<dyn ExecutionPlan>,
+    fragments: &mut Vec<Fragment>,
+) -> Result<Arc<dyn ExecutionPlan>> {
     if is_fragment(&plan) {
-        let table = scan_table(&plan).ok_or_else(|| AggError::Internal("fragment without a scan".into()))?;
+        let table = scan_table(&plan)
+            .ok_or_else(|| AggError::Internal("fragment without a scan".into()))?;
         let index = fragments.len();
         fragments.push(Fragment {
             table,
@@ -502,7 +584,10 @@ fn cut(plan: Arc<dyn ExecutionPlan>, fragments: &mut Vec<Fragment>) -> Result<Ar
 }
 
 /// Replaces each slot with the leaves' results for its fragment.
-fn splice(plan: Arc<dyn ExecutionPlan>, sources: &[Arc<dyn ExecutionPlan>]) -> DfResult<Arc<dyn ExecutionPlan>> {
+fn splice(
+    plan: Arc<dyn ExecutionPlan>,
+    sources: &[Arc<dyn ExecutionPlan>],
+) -> DfResult<Arc<dyn ExecutionPlan>> {
     if let Some(slot) = plan.downcast_ref::<SlotMarker>() {
         return Ok(Arc::clone(&sources[slot.0.index]));
     }
@@ -524,7 +609,11 @@ fn splice(plan: Arc<dyn ExecutionPlan>, sources: &[Arc<dyn ExecutionPlan>]) -> D
 struct SlotMarker(FragmentSlot);
 
 impl datafusion::physical_plan::DisplayAs for SlotMarker {
-    fn fmt_as(&self, _t: datafusion::physical_plan::DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+    fn fmt_as(
+        &self,
+        _t: datafusion::physical_plan::DisplayFormatType,
+        f: &mut fmt::Formatter,
+    ) -> fmt::Result {
         write!(f, "FragmentSlot: {}", self.0.index)
     }
 }
@@ -551,7 +640,10 @@ impl ExecutionPlan for SlotMarker {
         Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
     }
 
-    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
         Ok(self)
     }
 
@@ -560,7 +652,9 @@ impl ExecutionPlan for SlotMarker {
         _partition: usize,
         _context: Arc<datafusion::execution::TaskContext>,
     ) -> DfResult<datafusion::execution::SendableRecordBatchStream> {
-        Err(datafusion::error::DataFusionError::Internal("a fragment slot was not spliced".into()))
+        Err(datafusion::error::DataFusionError::Internal(
+            "a fragment slot was not spliced".into(),
+        ))
     }
 }
 

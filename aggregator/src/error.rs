@@ -50,7 +50,9 @@ impl AggError {
     pub fn to_wire(&self) -> WireError {
         let (kind, coverage) = match self {
             AggError::Sql(_) => (ErrorKind::BadRequest, None),
-            AggError::CoverageTooLow { coverage, .. } => (ErrorKind::CoverageTooLow, Some(coverage.clone())),
+            AggError::CoverageTooLow { coverage, .. } => {
+                (ErrorKind::CoverageTooLow, Some(coverage.clone()))
+            }
             _ => (ErrorKind::Internal, None),
         };
         WireError {

@@ -13,7 +13,9 @@ use scuba::coverage::{Coverage, MissingLeaf, MissingReason};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The leaf answered; its tables held this many rows when it scanned.
-    Answered { table_rows: u64 },
+    Answered {
+        table_rows: u64,
+    },
     Missing(MissingReason),
 }
 

@@ -78,14 +78,22 @@ enum Msg {
 }
 
 /// The table's schema across the leaves that answer, and their free memory.
-async fn survey(transport: &Arc<dyn LeafTransport>, table: &str) -> Result<(Option<SchemaRef>, Vec<u64>)> {
+async fn survey(
+    transport: &Arc<dyn LeafTransport>,
+    table: &str,
+) -> Result<(Option<SchemaRef>, Vec<u64>)> {
     let n = transport.leaf_ids().len();
     let mut free = vec![0u64; n];
     let mut schema: Option<SchemaRef> = None;
     let mut pending: FuturesUnordered<_> = (0..n)
         .map(|i| {
             let t = Arc::clone(transport);
-            async move { (i, tokio::time::timeout(Duration::from_secs(2), t.stats(i)).await) }
+            async move {
+                (
+                    i,
+                    tokio::time::timeout(Duration::from_secs(2), t.stats(i)).await,
+                )
+            }
         })
         .collect();
     while let Some((i, r)) = pending.next().await {
@@ -103,7 +111,36 @@ async fn survey(transport: &Arc<dyn LeafTransport>, table: &str) -> Result<(Opti
     Ok((schema, free))
 }
 
-fn read_input<R: BufRead>(input: R, options: &IngestOptions, known: Option<SchemaRef>, tx: mpsc::Sender<Msg>) {
+/// Cuts the builder's rows into a batch and sends it on. Returns whether
+/// reading should go on (false once the receiver is gone or encoding failed).
+fn cut_batch(builder: &mut BatchBuilder, tx: &mpsc::Sender<Msg>) -> bool {
+    let failed = |e: String| {
+        let _ = tx.blocking_send(Msg::Failed(e));
+        false
+    };
+    match builder.finish() {
+        Ok(Some(decoded)) => {
+            match scuba::ipc::batches_to_ipc(&decoded.batch.schema(), &[decoded.batch]) {
+                Ok(ipc) => tx
+                    .blocking_send(Msg::Batch {
+                        ipc: Arc::new(ipc),
+                        lines: decoded.lines,
+                    })
+                    .is_ok(),
+                Err(e) => failed(e.to_string()),
+            }
+        }
+        Ok(None) => true,
+        Err(e) => failed(e.to_string()),
+    }
+}
+
+fn read_input<R: BufRead>(
+    input: R,
+    options: &IngestOptions,
+    known: Option<SchemaRef>,
+    tx: mpsc::Sender<Msg>,
+) {
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
@@ -113,21 +150,6 @@ fn read_input<R: BufRead>(input: R, options: &IngestOptions, known: Option<Schem
         builder = builder.with_known_types(schema);
     }
     let mut reader = LineReader::new(input);
-    let send_batch = |builder: &mut BatchBuilder, tx: &mpsc::Sender<Msg>| -> bool {
-        match builder.finish() {
-            Ok(Some(decoded)) => match scuba::ipc::batches_to_ipc(&decoded.batch.schema(), &[decoded.batch]) {
-                Ok(ipc) => tx
-                    .blocking_send(Msg::Batch {
-                        ipc: Arc::new(ipc),
-                        lines: decoded.lines,
-                    })
-                    .is_ok(),
-                Err(e) => tx.blocking_send(Msg::Failed(e.to_string())).is_ok() && false,
-            },
-            Ok(None) => true,
-            Err(e) => tx.blocking_send(Msg::Failed(e.to_string())).is_ok() && false,
-        }
-    };
     loop {
         let line = match reader.next_line() {
             Ok(Some(l)) => l,
@@ -149,7 +171,9 @@ fn read_input<R: BufRead>(input: R, options: &IngestOptions, known: Option<Schem
             }
             Line::Oversized { number, len_bytes } => Err(Rejection {
                 line: number,
-                reason: format!("line of {len_bytes} bytes exceeds the limit of {LINE_BYTES_MAX} bytes"),
+                reason: format!(
+                    "line of {len_bytes} bytes exceeds the limit of {LINE_BYTES_MAX} bytes"
+                ),
             }),
             Line::NotUtf8 { number } => Err(Rejection {
                 line: number,
@@ -161,11 +185,11 @@ fn read_input<R: BufRead>(input: R, options: &IngestOptions, known: Option<Schem
                 return;
             }
         }
-        if builder.is_full() && !send_batch(&mut builder, &tx) {
+        if builder.is_full() && !cut_batch(&mut builder, &tx) {
             return;
         }
     }
-    send_batch(&mut builder, &tx);
+    cut_batch(&mut builder, &tx);
 }
 
 /// Ingests every line of `input` into `options.table`. `on_rejection` sees
@@ -196,7 +220,8 @@ pub async fn ingest<R: BufRead + Send + 'static>(
     let mut seq = 0u64;
     let mut input_done = false;
     loop {
-        let can_take = !input_done && in_flight.len() < INGEST_INFLIGHT_MAX && report.stopped.is_none();
+        let can_take =
+            !input_done && in_flight.len() < INGEST_INFLIGHT_MAX && report.stopped.is_none();
         tokio::select! {
             msg = rx.recv(), if can_take => match msg {
                 None => input_done = true,
@@ -245,7 +270,10 @@ pub async fn ingest<R: BufRead + Send + 'static>(
     report.seconds = started.elapsed().as_secs_f64();
     report.lines_read = report.rows_ingested + report.rows_rejected;
     if let Some(why) = &report.stopped {
-        report.stopped = Some(format!("ingest stopped: {why}; {} rows landed before it stopped", report.rows_ingested));
+        report.stopped = Some(format!(
+            "ingest stopped: {why}; {} rows landed before it stopped",
+            report.rows_ingested
+        ));
     }
     Ok(report)
 }
@@ -296,7 +324,9 @@ async fn send_batch(
                     result: Ok(ack.rows),
                 };
             }
-            Err(IngestFailure::Refused(e)) if matches!(e.kind, ErrorKind::TypeConflict | ErrorKind::BadRequest) => {
+            Err(IngestFailure::Refused(e))
+                if matches!(e.kind, ErrorKind::TypeConflict | ErrorKind::BadRequest) =>
+            {
                 return BatchDone {
                     lines,
                     retries,

@@ -55,7 +55,10 @@ mod tests {
     fn excluded_leaves_are_never_picked() {
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..1_000 {
-            assert_eq!(two_choices(&mut rng, &[1, 2, 3], &[true, false, true]), Some(1));
+            assert_eq!(
+                two_choices(&mut rng, &[1, 2, 3], &[true, false, true]),
+                Some(1)
+            );
         }
         assert_eq!(two_choices(&mut rng, &[1], &[true]), None);
     }

@@ -51,7 +51,11 @@ async fn handle(agg: Arc<Aggregator>, mut send: SendStream, mut recv: RecvStream
                 };
                 write_frame(&mut send, &bad_request(msg.to_string())).await?;
             } else if q.sql.len() > SQL_BYTES_MAX {
-                write_frame(&mut send, &bad_request(format!("SQL longer than {SQL_BYTES_MAX} bytes"))).await?;
+                write_frame(
+                    &mut send,
+                    &bad_request(format!("SQL longer than {SQL_BYTES_MAX} bytes")),
+                )
+                .await?;
             } else {
                 let options = QueryOptions {
                     timeout_ms: q.timeout_ms,
@@ -60,9 +64,15 @@ async fn handle(agg: Arc<Aggregator>, mut send: SendStream, mut recv: RecvStream
                 };
                 match agg.query(&q.sql, &options).await {
                     Ok(answer) => {
-                        let rows: Vec<_> = answer.batches.iter().flat_map(|b| {
-                            (0..b.num_rows()).step_by(REPLY_CHUNK_ROWS).map(move |o| b.slice(o, REPLY_CHUNK_ROWS.min(b.num_rows() - o)))
-                        }).collect();
+                        let rows: Vec<_> = answer
+                            .batches
+                            .iter()
+                            .flat_map(|b| {
+                                (0..b.num_rows()).step_by(REPLY_CHUNK_ROWS).map(move |o| {
+                                    b.slice(o, REPLY_CHUNK_ROWS.min(b.num_rows() - o))
+                                })
+                            })
+                            .collect();
                         // Always send the schema, even for an empty answer.
                         let ipc = scuba::ipc::batches_to_ipc(&answer.schema, &[])?;
                         write_frame(&mut send, &Response::Batches(ipc)).await?;
@@ -70,10 +80,13 @@ async fn handle(agg: Arc<Aggregator>, mut send: SendStream, mut recv: RecvStream
                             let ipc = scuba::ipc::batches_to_ipc(&answer.schema, chunk)?;
                             write_frame(&mut send, &Response::Batches(ipc)).await?;
                         }
-                        write_frame(&mut send, &Response::QueryDone {
-                            coverage: answer.coverage,
-                            notes: answer.notes,
-                        })
+                        write_frame(
+                            &mut send,
+                            &Response::QueryDone {
+                                coverage: answer.coverage,
+                                notes: answer.notes,
+                            },
+                        )
                         .await?;
                     }
                     Err(e) => write_frame(&mut send, &Response::Error(e.to_wire())).await?,
@@ -82,14 +95,23 @@ async fn handle(agg: Arc<Aggregator>, mut send: SendStream, mut recv: RecvStream
         }
         Request::ClusterStatus => write_frame(&mut send, &Response::Status(agg.status())).await?,
         Request::TableSchema { table } => {
-            let schema = agg.table_schema(&table)?.map(|s| scuba::ipc::schema_to_ipc(&s)).transpose()?;
+            let schema = agg
+                .table_schema(&table)?
+                .map(|s| scuba::ipc::schema_to_ipc(&s))
+                .transpose()?;
             write_frame(&mut send, &Response::Schema(schema)).await?;
         }
         Request::Refresh => {
             agg.refresh().await;
             write_frame(&mut send, &Response::Ok).await?;
         }
-        _ => write_frame(&mut send, &bad_request("the aggregator does not serve that request".into())).await?,
+        _ => {
+            write_frame(
+                &mut send,
+                &bad_request("the aggregator does not serve that request".into()),
+            )
+            .await?
+        }
     }
     let _ = send.finish();
     let _ = send.stopped().await;

@@ -19,6 +19,55 @@ use tokio::sync::Mutex;
 
 /// How long a connection attempt to a leaf may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// How long a request runs before its leaf's port is first probed.
+pub const PROBE_AFTER_MS: u64 = 100;
+/// How often a pending request's leaf is probed again.
+pub const PROBE_INTERVAL_MS: u64 = 250;
+/// How long one probe waits for the kernel's refusal.
+pub const PROBE_TIMEOUT_MS: u64 = 50;
+
+/// What a probe learnt of a leaf's port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Nothing listens there: the process is gone (the kernel answered
+    /// "port unreachable").
+    Refused,
+    /// Something holds the port, or the network says nothing (a stopped or
+    /// slow process, or a host that drops ICMP).
+    Unknown,
+}
+
+/// Probes a UDP port: a one-byte datagram from a connected socket. Where no
+/// process holds the port, the kernel's ICMP "port unreachable" comes back
+/// as `ECONNREFUSED`; a QUIC server ignores the datagram. This tells a dead
+/// leaf (unreachable) from a silent one (timeout) without waiting for QUIC's
+/// idle timeout.
+pub async fn probe(addr: SocketAddr) -> Liveness {
+    let bind = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let Ok(sock) = tokio::net::UdpSocket::bind(bind).await else {
+        return Liveness::Unknown;
+    };
+    if sock.connect(addr).await.is_err() {
+        return Liveness::Unknown;
+    }
+    let refused = |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionRefused;
+    if let Err(e) = sock.send(&[0u8]).await {
+        return if refused(&e) {
+            Liveness::Refused
+        } else {
+            Liveness::Unknown
+        };
+    }
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_millis(PROBE_TIMEOUT_MS), sock.recv(&mut buf)).await {
+        Ok(Err(e)) if refused(&e) => Liveness::Refused,
+        _ => Liveness::Unknown,
+    }
+}
 
 /// A leaf's answer to a fragment.
 #[derive(Debug, Clone)]
@@ -53,8 +102,27 @@ pub struct IngestAck {
 pub trait LeafTransport: Send + Sync + 'static {
     fn leaf_ids(&self) -> Vec<String>;
     async fn stats(&self, leaf: usize) -> Result<LeafStats, MissingReason>;
-    async fn fragment(&self, leaf: usize, table: &str, plan: Arc<Vec<u8>>) -> Result<FragmentReply, MissingReason>;
-    async fn ingest(&self, leaf: usize, table: &str, batch_id: BatchId, ipc: Arc<Vec<u8>>) -> Result<IngestAck, IngestFailure>;
+    async fn fragment(
+        &self,
+        leaf: usize,
+        table: &str,
+        plan: Arc<Vec<u8>>,
+    ) -> Result<FragmentReply, MissingReason>;
+    async fn ingest(
+        &self,
+        leaf: usize,
+        table: &str,
+        batch_id: BatchId,
+        ipc: Arc<Vec<u8>>,
+    ) -> Result<IngestAck, IngestFailure>;
+    /// Drops any cached connection to `leaf` (after a timeout), so the next
+    /// request connects afresh.
+    async fn reset(&self, _leaf: usize) {}
+    /// True when `leaf`'s process is known to be gone right now (a probe
+    /// was refused); false when it may be alive.
+    async fn is_gone(&self, _leaf: usize) -> bool {
+        false
+    }
 }
 
 fn reason_of(e: &WireError) -> MissingReason {
@@ -90,16 +158,47 @@ impl QuicTransport {
         }
         *slot = None;
         let addr = self.leaves[leaf].1;
-        let conn = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect(&self.endpoint, addr))
-            .await
-            .map_err(|_| MissingReason::Unreachable)?
-            .map_err(|_| MissingReason::Unreachable)?;
+        // A handshake that times out is a silent leaf (it may be stopped);
+        // one that fails is an unreachable one.
+        let conn = tokio::time::timeout(
+            Duration::from_millis(CONNECT_TIMEOUT_MS),
+            connect(&self.endpoint, addr),
+        )
+        .await
+        .map_err(|_| MissingReason::Timeout)?
+        .map_err(|_| MissingReason::Unreachable)?;
         *slot = Some(conn.clone());
         Ok(conn)
     }
 
     async fn forget(&self, leaf: usize) {
         *self.connections[leaf].lock().await = None;
+    }
+
+    /// Runs `work` against `leaf` while probing its port; ends early with
+    /// `Unreachable` once the probe finds the process gone.
+    async fn watched<T>(
+        &self,
+        leaf: usize,
+        work: impl std::future::Future<Output = Result<T, MissingReason>>,
+    ) -> Result<T, MissingReason> {
+        let addr = self.leaves[leaf].1;
+        let watchdog = async {
+            tokio::time::sleep(Duration::from_millis(PROBE_AFTER_MS)).await;
+            loop {
+                if probe(addr).await == Liveness::Refused {
+                    return MissingReason::Unreachable;
+                }
+                tokio::time::sleep(Duration::from_millis(PROBE_INTERVAL_MS)).await;
+            }
+        };
+        tokio::select! {
+            r = work => r,
+            reason = watchdog => {
+                self.forget(leaf).await;
+                Err(reason)
+            }
+        }
     }
 
     async fn call(&self, leaf: usize, req: &Request) -> Result<quinn::RecvStream, MissingReason> {
@@ -128,15 +227,64 @@ impl LeafTransport for QuicTransport {
     }
 
     async fn stats(&self, leaf: usize) -> Result<LeafStats, MissingReason> {
-        let mut recv = self.call(leaf, &Request::LeafStats).await?;
-        match read_frame::<Response>(&mut recv).await.map_err(lost)? {
-            Some(Response::Stats(s)) => Ok(s),
-            Some(Response::Error(e)) => Err(reason_of(&e)),
-            other => Err(MissingReason::Error(format!("unexpected reply {other:?}"))),
-        }
+        self.watched(leaf, async {
+            let mut recv = self.call(leaf, &Request::LeafStats).await?;
+            match read_frame::<Response>(&mut recv).await.map_err(lost)? {
+                Some(Response::Stats(s)) => Ok(s),
+                Some(Response::Error(e)) => Err(reason_of(&e)),
+                other => Err(MissingReason::Error(format!("unexpected reply {other:?}"))),
+            }
+        })
+        .await
     }
 
-    async fn fragment(&self, leaf: usize, table: &str, plan: Arc<Vec<u8>>) -> Result<FragmentReply, MissingReason> {
+    async fn reset(&self, leaf: usize) {
+        self.forget(leaf).await;
+    }
+
+    async fn is_gone(&self, leaf: usize) -> bool {
+        probe(self.leaves[leaf].1).await == Liveness::Refused
+    }
+
+    async fn fragment(
+        &self,
+        leaf: usize,
+        table: &str,
+        plan: Arc<Vec<u8>>,
+    ) -> Result<FragmentReply, MissingReason> {
+        self.watched(leaf, self.fragment_unwatched(leaf, table, plan))
+            .await
+    }
+
+    async fn ingest(
+        &self,
+        leaf: usize,
+        table: &str,
+        batch_id: BatchId,
+        ipc: Arc<Vec<u8>>,
+    ) -> Result<IngestAck, IngestFailure> {
+        let mut outcome = None;
+        let watched = self
+            .watched(leaf, async {
+                outcome = Some(self.ingest_unwatched(leaf, table, batch_id, ipc).await);
+                Ok(())
+            })
+            .await;
+        match (outcome, watched) {
+            (Some(o), _) => o,
+            (None, Err(reason)) => Err(IngestFailure::Unreachable(reason.to_string())),
+            (None, Ok(())) => Err(IngestFailure::Unreachable("no outcome".into())),
+        }
+    }
+}
+
+impl QuicTransport {
+    async fn fragment_unwatched(
+        &self,
+        leaf: usize,
+        table: &str,
+        plan: Arc<Vec<u8>>,
+    ) -> Result<FragmentReply, MissingReason> {
         let req = Request::Fragment {
             protocol_version: PROTOCOL_VERSION,
             table: table.to_string(),
@@ -149,18 +297,32 @@ impl LeafTransport for QuicTransport {
         loop {
             match read_frame::<Response>(&mut recv).await.map_err(lost)? {
                 Some(Response::Batches(ipc)) => {
-                    let (_, b) = scuba::ipc::ipc_to_batches(&ipc).map_err(|e| MissingReason::Error(e.to_string()))?;
+                    let (_, b) = scuba::ipc::ipc_to_batches(&ipc)
+                        .map_err(|e| MissingReason::Error(e.to_string()))?;
                     batches.extend(b);
                 }
-                Some(Response::FragmentDone { table_rows }) => return Ok(FragmentReply { batches, table_rows }),
+                Some(Response::FragmentDone { table_rows }) => {
+                    return Ok(FragmentReply {
+                        batches,
+                        table_rows,
+                    })
+                }
                 Some(Response::Error(e)) => return Err(reason_of(&e)),
-                Some(other) => return Err(MissingReason::Error(format!("unexpected reply {other:?}"))),
+                Some(other) => {
+                    return Err(MissingReason::Error(format!("unexpected reply {other:?}")))
+                }
                 None => return Err(MissingReason::Unreachable),
             }
         }
     }
 
-    async fn ingest(&self, leaf: usize, table: &str, batch_id: BatchId, ipc: Arc<Vec<u8>>) -> Result<IngestAck, IngestFailure> {
+    async fn ingest_unwatched(
+        &self,
+        leaf: usize,
+        table: &str,
+        batch_id: BatchId,
+        ipc: Arc<Vec<u8>>,
+    ) -> Result<IngestAck, IngestFailure> {
         let req = Request::Ingest {
             table: table.to_string(),
             batch_id,
@@ -213,9 +375,16 @@ impl LeafTransport for InProcessTransport {
         Ok(self.leaves[leaf].stats())
     }
 
-    async fn fragment(&self, leaf: usize, table: &str, plan: Arc<Vec<u8>>) -> Result<FragmentReply, MissingReason> {
+    async fn fragment(
+        &self,
+        leaf: usize,
+        table: &str,
+        plan: Arc<Vec<u8>>,
+    ) -> Result<FragmentReply, MissingReason> {
         let leaf = &self.leaves[leaf];
-        let (table_rows, mut stream) = leaf.run_fragment(table, &plan).map_err(|e| MissingReason::Error(e.to_string()))?;
+        let (table_rows, mut stream) = leaf
+            .run_fragment(table, &plan)
+            .map_err(|e| MissingReason::Error(e.to_string()))?;
         let mut batches = Vec::new();
         while let Some(b) = stream.next().await {
             let b = b.map_err(|e| MissingReason::Error(e.to_string()))?;
@@ -223,10 +392,19 @@ impl LeafTransport for InProcessTransport {
                 batches.push(b);
             }
         }
-        Ok(FragmentReply { batches, table_rows })
+        Ok(FragmentReply {
+            batches,
+            table_rows,
+        })
     }
 
-    async fn ingest(&self, leaf: usize, table: &str, batch_id: BatchId, ipc: Arc<Vec<u8>>) -> Result<IngestAck, IngestFailure> {
+    async fn ingest(
+        &self,
+        leaf: usize,
+        table: &str,
+        batch_id: BatchId,
+        ipc: Arc<Vec<u8>>,
+    ) -> Result<IngestAck, IngestFailure> {
         let leaf = Arc::clone(&self.leaves[leaf]);
         let table = table.to_string();
         let outcome = tokio::task::spawn_blocking(move || leaf.ingest(&table, batch_id, &ipc))

@@ -51,7 +51,11 @@ pub fn tls(config: &ClusterConfig) -> TlsFiles {
 /// A transport to every leaf, for ingest.
 pub fn leaf_transport(config: &ClusterConfig) -> Result<QuicTransport> {
     let endpoint = client_endpoint(&tls(config))?;
-    let leaves: Vec<(String, SocketAddr)> = config.leaves.iter().map(|l| (l.id.clone(), l.addr)).collect();
+    let leaves: Vec<(String, SocketAddr)> = config
+        .leaves
+        .iter()
+        .map(|l| (l.id.clone(), l.addr))
+        .collect();
     Ok(QuicTransport::new(endpoint, leaves))
 }
 
@@ -93,14 +97,18 @@ impl Client {
         let mut schema: Option<SchemaRef> = None;
         let mut batches = Vec::new();
         loop {
-            match read_frame::<Response>(&mut recv).await.map_err(|e| other(e.into()))? {
+            match read_frame::<Response>(&mut recv)
+                .await
+                .map_err(|e| other(e.into()))?
+            {
                 Some(Response::Batches(ipc)) => {
                     let (s, b) = scuba::ipc::ipc_to_batches(&ipc).map_err(|e| other(e.into()))?;
                     schema.get_or_insert(s);
                     batches.extend(b);
                 }
                 Some(Response::QueryDone { coverage, notes }) => {
-                    let schema = schema.unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
+                    let schema = schema
+                        .unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
                     return Ok(Answer {
                         schema,
                         batches,
@@ -109,8 +117,14 @@ impl Client {
                     });
                 }
                 Some(Response::Error(e)) => return Err(QueryFailure::Server(e)),
-                Some(other_reply) => return Err(other(anyhow!("unexpected reply {other_reply:?}"))),
-                None => return Err(other(anyhow!("the aggregator closed the stream before the answer ended"))),
+                Some(other_reply) => {
+                    return Err(other(anyhow!("unexpected reply {other_reply:?}")))
+                }
+                None => {
+                    return Err(other(anyhow!(
+                        "the aggregator closed the stream before the answer ended"
+                    )))
+                }
             }
         }
     }

@@ -31,7 +31,9 @@ pub fn default_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("SCUBA_DIR") {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".scuba").join("local")
 }
 
@@ -55,7 +57,11 @@ fn pid_path(dir: &Path, name: &str) -> PathBuf {
 
 /// The pid in `DIR/run/NAME.pid` if that process is alive and is scubactl.
 pub fn running_pid(dir: &Path, name: &str) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pid_path(dir, name)).ok()?.trim().parse().ok()?;
+    let pid: i32 = std::fs::read_to_string(pid_path(dir, name))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let cmdline = String::from_utf8_lossy(&cmdline);
     if cmdline.contains("scubactl") && cmdline.contains(name) && !is_zombie(pid) {
@@ -67,7 +73,11 @@ pub fn running_pid(dir: &Path, name: &str) -> Option<i32> {
 
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 
@@ -126,7 +136,12 @@ fn spawn(dir: &Path, name: &str, args: &[&str]) -> Result<()> {
 }
 
 /// Starts every process of the cluster in `dir` that is not running.
-pub async fn up(dir: &Path, leaves: usize, memory_limit_bytes: Option<u64>, fsync: &str) -> Result<ClusterConfig> {
+pub async fn up(
+    dir: &Path,
+    leaves: usize,
+    memory_limit_bytes: Option<u64>,
+    fsync: &str,
+) -> Result<ClusterConfig> {
     let file = dir.join(CLUSTER_FILE);
     let config = if file.exists() {
         let c = ClusterConfig::load(&file)?;
@@ -145,12 +160,29 @@ pub async fn up(dir: &Path, leaves: usize, memory_limit_bytes: Option<u64>, fsyn
     let mut started = Vec::new();
     for leaf in &config.leaves {
         if running_pid(dir, &leaf.id).is_none() {
-            spawn(dir, &leaf.id, &["leaf", "serve", "--cluster", &file_s, "--id", &leaf.id, "--fsync", fsync])?;
+            spawn(
+                dir,
+                &leaf.id,
+                &[
+                    "leaf",
+                    "serve",
+                    "--cluster",
+                    &file_s,
+                    "--id",
+                    &leaf.id,
+                    "--fsync",
+                    fsync,
+                ],
+            )?;
             started.push(leaf.id.clone());
         }
     }
     if running_pid(dir, "aggregator").is_none() {
-        spawn(dir, "aggregator", &["aggregator", "serve", "--cluster", &file_s])?;
+        spawn(
+            dir,
+            "aggregator",
+            &["aggregator", "serve", "--cluster", &file_s],
+        )?;
         started.push("aggregator".into());
     }
     wait_ready(&config).await?;
@@ -164,7 +196,11 @@ pub async fn up(dir: &Path, leaves: usize, memory_limit_bytes: Option<u64>, fsyn
 async fn wait_ready(config: &ClusterConfig) -> Result<()> {
     let tls = TlsFiles::in_dir(&config.tls_dir(), "client");
     let endpoint = client_endpoint(&tls)?;
-    let leaves: Vec<(String, SocketAddr)> = config.leaves.iter().map(|l| (l.id.clone(), l.addr)).collect();
+    let leaves: Vec<(String, SocketAddr)> = config
+        .leaves
+        .iter()
+        .map(|l| (l.id.clone(), l.addr))
+        .collect();
     let transport = Arc::new(QuicTransport::new(endpoint.clone(), leaves));
     let deadline = Instant::now() + Duration::from_millis(STARTUP_TIMEOUT_MS);
     for (i, leaf) in config.leaves.iter().enumerate() {

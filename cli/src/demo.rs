@@ -41,7 +41,8 @@ fn steps(dir: &std::path::Path, leaves: usize, rows: u64) -> Result<()> {
         .stdin(Stdio::piped())
         .spawn()?;
     {
-        let mut stdin = std::io::BufWriter::with_capacity(1 << 20, ingest.stdin.take().context("stdin")?);
+        let mut stdin =
+            std::io::BufWriter::with_capacity(1 << 20, ingest.stdin.take().context("stdin")?);
         crate::gen::write_events(&mut stdin, rows, 1, 1_700_000_000)?;
         stdin.flush()?;
     }
@@ -53,8 +54,16 @@ fn steps(dir: &std::path::Path, leaves: usize, rows: u64) -> Result<()> {
         ensure!(ok.success(), "query failed: {q}");
     }
     println!("\n$ scubactl query --format json \"SELECT status, count(*) FROM events GROUP BY status ORDER BY status\"");
-    let ok = scubactl(dir, &["query", "--format", "json", "SELECT status, count(*) FROM events GROUP BY status ORDER BY status"])
-        .status()?;
+    let ok = scubactl(
+        dir,
+        &[
+            "query",
+            "--format",
+            "json",
+            "SELECT status, count(*) FROM events GROUP BY status ORDER BY status",
+        ],
+    )
+    .status()?;
     ensure!(ok.success(), "json query failed");
 
     println!("\n$ scubactl cluster status");

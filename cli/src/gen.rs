@@ -14,7 +14,12 @@ const TAGS: [&str; 5] = ["canary", "mobile", "beta", "ipv6", "retry"];
 
 /// Writes `rows` JSON lines starting at unix second `start_s`, one event
 /// every ~`step_ms` milliseconds. Each row has a unique `id`.
-pub fn write_events(out: &mut impl Write, rows: u64, seed: u64, start_s: i64) -> std::io::Result<()> {
+pub fn write_events(
+    out: &mut impl Write,
+    rows: u64,
+    seed: u64,
+    start_s: i64,
+) -> std::io::Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut line = String::with_capacity(256);
     for id in 0..rows {
@@ -42,7 +47,10 @@ pub fn write_events(out: &mut impl Write, rows: u64, seed: u64, start_s: i64) ->
         }
         line.push_str(&format!("\"service\":\"{service}\","));
         if rng.random_range(0..10) != 0 {
-            line.push_str(&format!("\"endpoint\":\"{}\",", ENDPOINTS[rng.random_range(0..ENDPOINTS.len())]));
+            line.push_str(&format!(
+                "\"endpoint\":\"{}\",",
+                ENDPOINTS[rng.random_range(0..ENDPOINTS.len())]
+            ));
         }
         line.push_str(&format!("\"status\":{status},"));
         line.push_str(&format!("\"latency_ms\":{latency:.3},"));
@@ -50,7 +58,10 @@ pub fn write_events(out: &mut impl Write, rows: u64, seed: u64, start_s: i64) ->
         if rng.random_range(0..20) == 0 {
             line.push_str("\"region\":null,");
         } else {
-            line.push_str(&format!("\"region\":\"{}\",", REGIONS[rng.random_range(0..REGIONS.len())]));
+            line.push_str(&format!(
+                "\"region\":\"{}\",",
+                REGIONS[rng.random_range(0..REGIONS.len())]
+            ));
         }
         let ntags = rng.random_range(0..3);
         let tags: Vec<String> = (0..ntags)
@@ -99,6 +110,9 @@ mod tests {
     #[test]
     fn rfc3339_dates_are_right() {
         assert_eq!(chrono_like_rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(chrono_like_rfc3339(1_700_000_000, 5), "2023-11-14T22:13:20.005Z");
+        assert_eq!(
+            chrono_like_rfc3339(1_700_000_000, 5),
+            "2023-11-14T22:13:20.005Z"
+        );
     }
 }

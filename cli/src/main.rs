@@ -29,7 +29,11 @@ const EXIT_BAD_REQUEST: u8 = 2;
 const EXIT_COVERAGE: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "scubactl", version, about = "A Scuba-style in-memory analytics database")]
+#[command(
+    name = "scubactl",
+    version,
+    about = "A Scuba-style in-memory analytics database"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -209,11 +213,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SCUBA_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SCUBA_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
@@ -233,8 +241,10 @@ fn main() -> ExitCode {
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -300,7 +310,14 @@ async fn cluster_cmd(command: ClusterCommand, at: Where) -> Result<ExitCode> {
         }
         ClusterCommand::Down => {
             let stopped = cluster::down(&dir)?;
-            println!("stopped {}", if stopped.is_empty() { "nothing".to_string() } else { stopped.join(", ") });
+            println!(
+                "stopped {}",
+                if stopped.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    stopped.join(", ")
+                }
+            );
         }
         ClusterCommand::Status { json } => {
             let config = client::load_config(&at.file())?;
@@ -345,11 +362,22 @@ fn print_status(status: &[scuba::wire::LeafStatus]) {
         "leaf", "addr", "state", "last report", "rows", "memory"
     );
     for s in status {
-        let rows: u64 = s.stats.iter().flat_map(|x| x.tables.iter()).map(|t| t.rows).sum();
+        let rows: u64 = s
+            .stats
+            .iter()
+            .flat_map(|x| x.tables.iter())
+            .map(|t| t.rows)
+            .sum();
         let mem = s
             .stats
             .as_ref()
-            .map(|x| format!("{:.1}/{:.0} MiB", x.memory_used_bytes as f64 / 1048576.0, x.memory_limit_bytes as f64 / 1048576.0))
+            .map(|x| {
+                format!(
+                    "{:.1}/{:.0} MiB",
+                    x.memory_used_bytes as f64 / 1048576.0,
+                    x.memory_limit_bytes as f64 / 1048576.0
+                )
+            })
             .unwrap_or_else(|| "-".into());
         let tables = s
             .stats
@@ -358,12 +386,23 @@ fn print_status(status: &[scuba::wire::LeafStatus]) {
             .map(|t| format!("{}={} rows", t.name, t.rows))
             .collect::<Vec<_>>()
             .join(", ");
-        let last = s.last_report_ms_ago.map(|ms| format!("{ms} ms ago")).unwrap_or_else(|| "never".into());
-        println!("{:<10} {:<22} {:<11} {:>12} {:>12} {:>14}  {}", s.leaf, s.addr, s.state, last, rows, mem, tables);
+        let last = s
+            .last_report_ms_ago
+            .map(|ms| format!("{ms} ms ago"))
+            .unwrap_or_else(|| "never".into());
+        println!(
+            "{:<10} {:<22} {:<11} {:>12} {:>12} {:>14}  {}",
+            s.leaf, s.addr, s.state, last, rows, mem, tables
+        );
     }
 }
 
-async fn leaf_serve(cluster: PathBuf, id: String, memory_limit: Option<u64>, fsync: Fsync) -> Result<ExitCode> {
+async fn leaf_serve(
+    cluster: PathBuf,
+    id: String,
+    memory_limit: Option<u64>,
+    fsync: Fsync,
+) -> Result<ExitCode> {
     let config = client::load_config(&cluster)?;
     let leaf_config = config
         .leaf(&id)
@@ -406,8 +445,14 @@ async fn aggregator_serve(cluster: PathBuf) -> Result<ExitCode> {
     let config = client::load_config(&cluster)?;
     let tls = TlsFiles::in_dir(&config.tls_dir(), "aggregator");
     let client = client_endpoint(&tls)?;
-    let leaves = config.leaves.iter().map(|l| (l.id.clone(), l.addr)).collect();
-    let transport: Arc<dyn LeafTransport> = Arc::new(scuba_aggregator::transport::QuicTransport::new(client, leaves));
+    let leaves = config
+        .leaves
+        .iter()
+        .map(|l| (l.id.clone(), l.addr))
+        .collect();
+    let transport: Arc<dyn LeafTransport> = Arc::new(
+        scuba_aggregator::transport::QuicTransport::new(client, leaves),
+    );
     let addrs = config.leaves.iter().map(|l| l.addr.to_string()).collect();
     let aggregator = Arc::new(Aggregator::new(
         transport,
@@ -429,7 +474,13 @@ async fn aggregator_serve(cluster: PathBuf) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn ingest_cmd(table: String, format: IngestFormat, time_column: String, seed: Option<u64>, at: Where) -> Result<ExitCode> {
+async fn ingest_cmd(
+    table: String,
+    format: IngestFormat,
+    time_column: String,
+    seed: Option<u64>,
+    at: Where,
+) -> Result<ExitCode> {
     let config = client::load_config(&at.file())?;
     let transport: Arc<dyn LeafTransport> = Arc::new(client::leaf_transport(&config)?);
     let options = IngestOptions {
@@ -443,7 +494,10 @@ async fn ingest_cmd(table: String, format: IngestFormat, time_column: String, se
     };
     let progress = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .expect("valid template"),
+        );
         bar.enable_steady_tick(std::time::Duration::from_millis(100));
         Some(bar)
     } else {
@@ -500,7 +554,10 @@ async fn query_cmd(
     at: Where,
 ) -> Result<ExitCode> {
     if let Some(m) = min_coverage {
-        anyhow::ensure!((0.0..=1.0).contains(&m), "--min-coverage must be between 0 and 1, got {m}");
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&m),
+            "--min-coverage must be between 0 and 1, got {m}"
+        );
     }
     let config = client::load_config(&at.file())?;
     let client = client::Client::connect_config(&config).await?;
@@ -515,7 +572,13 @@ async fn query_cmd(
         Ok(answer) => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            output::print(&mut out, format, &answer.schema, &answer.batches, &answer.coverage)?;
+            output::print(
+                &mut out,
+                format,
+                &answer.schema,
+                &answer.batches,
+                &answer.coverage,
+            )?;
             if format != output::Format::Json {
                 eprintln!("{}", answer.coverage.summary());
             }
@@ -523,8 +586,12 @@ async fn query_cmd(
                 eprintln!("note: {note}");
             }
             if answer.coverage.partial {
-                let missing: Vec<String> =
-                    answer.coverage.missing.iter().map(|m| format!("{} ({})", m.leaf, m.reason)).collect();
+                let missing: Vec<String> = answer
+                    .coverage
+                    .missing
+                    .iter()
+                    .map(|m| format!("{} ({})", m.leaf, m.reason))
+                    .collect();
                 eprintln!("warning: partial answer; missing {}", missing.join(", "));
             }
             Ok(ExitCode::SUCCESS)
@@ -534,7 +601,10 @@ async fn query_cmd(
             if let Some(c) = &e.coverage {
                 eprintln!("{}", c.summary());
                 if format == output::Format::Json {
-                    println!("{}", serde_json::json!({"error": e.message, "coverage": c.to_json()}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"error": e.message, "coverage": c.to_json()})
+                    );
                 }
             }
             Ok(ExitCode::from(match e.kind {

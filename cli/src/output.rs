@@ -16,7 +16,13 @@ pub enum Format {
     Json,
 }
 
-pub fn print(out: &mut impl Write, format: Format, schema: &SchemaRef, batches: &[RecordBatch], coverage: &Coverage) -> anyhow::Result<()> {
+pub fn print(
+    out: &mut impl Write,
+    format: Format,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    coverage: &Coverage,
+) -> anyhow::Result<()> {
     match format {
         Format::Table => {
             let table = datafusion::arrow::util::pretty::pretty_format_batches(batches)?;

@@ -38,7 +38,10 @@ pub enum LeafError {
     ReplyTooLarge { max_bytes: usize },
 
     #[error("disk log at {path}: {source}")]
-    Log { path: String, source: std::io::Error },
+    Log {
+        path: String,
+        source: std::io::Error,
+    },
 
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -55,9 +58,9 @@ impl LeafError {
     pub fn to_wire(&self) -> WireError {
         let kind = match self {
             LeafError::Core(scuba::Error::TypeConflict { .. }) => ErrorKind::TypeConflict,
-            LeafError::Core(_) | LeafError::TooManyTables { .. } | LeafError::ReplyTooLarge { .. } => {
-                ErrorKind::BadRequest
-            }
+            LeafError::Core(_)
+            | LeafError::TooManyTables { .. }
+            | LeafError::ReplyTooLarge { .. } => ErrorKind::BadRequest,
             LeafError::DataFusion(_) | LeafError::StaleSchema { .. } => ErrorKind::BadRequest,
             LeafError::MemoryFull { .. } => ErrorKind::MemoryFull,
             LeafError::Restarting { .. } => ErrorKind::Restarting,

@@ -29,7 +29,8 @@ use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning, PlanProperties,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties,
 };
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use serde::{Deserialize, Serialize};
@@ -76,7 +77,12 @@ impl LeafScanExec {
 
 impl DisplayAs for LeafScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "LeafScanExec: table={}, columns={}", self.table, self.schema.fields().len())
+        write!(
+            f,
+            "LeafScanExec: table={}, columns={}",
+            self.table,
+            self.schema.fields().len()
+        )
     }
 }
 
@@ -100,15 +106,24 @@ impl ExecutionPlan for LeafScanExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if children.is_empty() {
             Ok(self)
         } else {
-            Err(DataFusionError::Internal("LeafScanExec has no children".into()))
+            Err(DataFusionError::Internal(
+                "LeafScanExec has no children".into(),
+            ))
         }
     }
 
-    fn execute(&self, _partition: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        _partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
         Err(DataFusionError::Internal(
             "LeafScanExec runs only on leaves; the aggregator must ship its fragment".into(),
         ))
@@ -136,7 +151,9 @@ impl ScubaCodec {
 
     /// A leaf's codec: scans resolve against `source`.
     pub fn for_leaf(source: Arc<dyn ScanSource>) -> Self {
-        ScubaCodec { source: Some(source) }
+        ScubaCodec {
+            source: Some(source),
+        }
     }
 }
 
@@ -153,11 +170,14 @@ impl PhysicalExtensionCodec for ScubaCodec {
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if !inputs.is_empty() {
-            return Err(DataFusionError::Internal("a scan node has no inputs".into()));
+            return Err(DataFusionError::Internal(
+                "a scan node has no inputs".into(),
+            ));
         }
         let (node, _): (ScanNode, usize) = bincode::serde::decode_from_slice(buf, bincode_config())
             .map_err(|e| DataFusionError::Plan(format!("malformed scan node: {e}")))?;
-        let schema = scuba::ipc::ipc_to_schema(&node.schema_ipc).map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        let schema = scuba::ipc::ipc_to_schema(&node.schema_ipc)
+            .map_err(|e| DataFusionError::Plan(e.to_string()))?;
         let Some(source) = &self.source else {
             return Ok(Arc::new(LeafScanExec::new(&node.table, schema, 1)));
         };
@@ -168,7 +188,8 @@ impl PhysicalExtensionCodec for ScubaCodec {
         for (i, b) in batches.into_iter().enumerate() {
             partitions[i % LEAF_SCAN_PARTITIONS].push(b);
         }
-        let exec: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
+        let exec: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
         Ok(exec)
     }
 
@@ -184,7 +205,8 @@ impl PhysicalExtensionCodec for ScubaCodec {
                 node.name()
             )));
         };
-        let schema_ipc = scuba::ipc::schema_to_ipc(&scan.schema).map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        let schema_ipc = scuba::ipc::schema_to_ipc(&scan.schema)
+            .map_err(|e| DataFusionError::Plan(e.to_string()))?;
         let node = ScanNode {
             table: scan.table.clone(),
             schema_ipc,
@@ -198,7 +220,10 @@ impl PhysicalExtensionCodec for ScubaCodec {
 /// Serializes a fragment for the wire.
 pub fn encode_fragment(plan: Arc<dyn ExecutionPlan>) -> DfResult<Vec<u8>> {
     let codec = ScubaCodec::for_aggregator();
-    Ok(datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, &codec)?.to_vec())
+    Ok(
+        datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, &codec)?
+            .to_vec(),
+    )
 }
 
 /// Decodes a fragment at a leaf, resolving its scans against `source`, and
@@ -211,7 +236,8 @@ pub fn decode_fragment(
     source: Arc<dyn ScanSource>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
     let codec = ScubaCodec::for_leaf(source);
-    let plan = datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(bytes, ctx, &codec)?;
+    let plan =
+        datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(bytes, ctx, &codec)?;
     if plan.output_partitioning().partition_count() <= 1 {
         return Ok(plan);
     }

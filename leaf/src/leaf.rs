@@ -96,9 +96,14 @@ impl State {
     /// Checks and applies one decoded batch; nothing changes on error.
     fn apply(&mut self, table: &str, batches: Vec<RecordBatch>) -> Result<u64> {
         if !self.tables.contains_key(table) && self.tables.len() >= LEAF_TABLES_MAX {
-            return Err(LeafError::TooManyTables { max: LEAF_TABLES_MAX });
+            return Err(LeafError::TooManyTables {
+                max: LEAF_TABLES_MAX,
+            });
         }
-        let t = self.tables.entry(table.to_string()).or_insert_with(|| Table::new(table));
+        let t = self
+            .tables
+            .entry(table.to_string())
+            .or_insert_with(|| Table::new(table));
         let mut rows = 0;
         for batch in batches {
             let unified = t.check(&batch)?;
@@ -119,7 +124,9 @@ pub struct Leaf {
 
 impl std::fmt::Debug for Leaf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Leaf").field("id", &self.options.id).finish()
+        f.debug_struct("Leaf")
+            .field("id", &self.options.id)
+            .finish()
     }
 }
 
@@ -174,7 +181,8 @@ impl Leaf {
             }
             None => (None, None),
         };
-        let config = SessionConfig::new().with_target_partitions(crate::fragment::LEAF_SCAN_PARTITIONS);
+        let config =
+            SessionConfig::new().with_target_partitions(crate::fragment::LEAF_SCAN_PARTITIONS);
         let leaf = Leaf {
             options,
             state: RwLock::new(state),
@@ -193,10 +201,15 @@ impl Leaf {
     /// `batch_id`. Blocking: call from a blocking thread.
     pub fn ingest(&self, table: &str, batch_id: BatchId, ipc: &[u8]) -> Result<IngestOutcome> {
         if !self.accepting_writes.load(Ordering::SeqCst) {
-            return Err(LeafError::Restarting { leaf: self.options.id.clone() });
+            return Err(LeafError::Restarting {
+                leaf: self.options.id.clone(),
+            });
         }
         let batches = decode_batch(table, ipc)?;
-        let incoming_bytes: u64 = batches.iter().map(|b| b.get_array_memory_size() as u64).sum();
+        let incoming_bytes: u64 = batches
+            .iter()
+            .map(|b| b.get_array_memory_size() as u64)
+            .sum();
         let (rows, log_end, duplicate) = {
             let mut state = self.state.write().expect("leaf state poisoned");
             if state.batch_ids.contains(&batch_id) {
@@ -239,7 +252,11 @@ impl Leaf {
     }
 
     pub fn memory_free_bytes(&self) -> u64 {
-        let used = self.state.read().expect("leaf state poisoned").memory_bytes();
+        let used = self
+            .state
+            .read()
+            .expect("leaf state poisoned")
+            .memory_bytes();
         self.options.memory_limit_bytes.saturating_sub(used)
     }
 
@@ -279,14 +296,22 @@ impl Leaf {
 
     /// Decodes a fragment and starts it; returns the table's row count at
     /// the moment its blocks were taken, and the stream of results.
-    pub fn run_fragment(self: &Arc<Self>, table: &str, plan: &[u8]) -> Result<(u64, SendableRecordBatchStream)> {
+    pub fn run_fragment(
+        self: &Arc<Self>,
+        table: &str,
+        plan: &[u8],
+    ) -> Result<(u64, SendableRecordBatchStream)> {
         let task: Arc<TaskContext> = self.session.task_ctx();
         let source = Arc::new(LeafScan {
             leaf: Arc::clone(self),
             rows_seen: std::sync::Mutex::new(None),
         });
         let plan = decode_fragment(plan, &task, Arc::clone(&source) as Arc<dyn ScanSource>)?;
-        let rows = source.rows_seen.lock().expect("poisoned").unwrap_or_else(|| self.table_rows(table));
+        let rows = source
+            .rows_seen
+            .lock()
+            .expect("poisoned")
+            .unwrap_or_else(|| self.table_rows(table));
         let stream = datafusion::physical_plan::execute_stream(plan, task)?;
         Ok((rows, stream))
     }

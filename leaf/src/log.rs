@@ -81,7 +81,11 @@ fn config() -> impl bincode::config::Config {
 impl Log {
     /// Opens the log in `dir`, replaying every intact record through
     /// `apply` first; a torn tail is cut off.
-    pub fn open(dir: &Path, policy: FsyncPolicy, mut apply: impl FnMut(Record) -> Result<()>) -> Result<(Log, Recovery)> {
+    pub fn open(
+        dir: &Path,
+        policy: FsyncPolicy,
+        mut apply: impl FnMut(Record) -> Result<()>,
+    ) -> Result<(Log, Recovery)> {
         std::fs::create_dir_all(dir).map_err(|e| log_err(dir, e))?;
         let path = dir.join("batches.log");
         let mut file = OpenOptions::new()
@@ -135,8 +139,12 @@ impl Log {
         record.extend_from_slice(&header);
         record.extend_from_slice(ipc);
         let mut file = self.file.lock().expect("log lock poisoned");
-        file.write_all(&record).map_err(|e| log_err(&self.path, e))?;
-        let end = self.written_bytes.fetch_add(record.len() as u64, Ordering::SeqCst) + record.len() as u64;
+        file.write_all(&record)
+            .map_err(|e| log_err(&self.path, e))?;
+        let end = self
+            .written_bytes
+            .fetch_add(record.len() as u64, Ordering::SeqCst)
+            + record.len() as u64;
         Ok(end)
     }
 
@@ -150,7 +158,9 @@ impl Log {
             return Ok(()); // a concurrent fsync already covered this record
         }
         let target = self.written_bytes.load(Ordering::SeqCst);
-        self.sync_file.sync_data().map_err(|e| log_err(&self.path, e))?;
+        self.sync_file
+            .sync_data()
+            .map_err(|e| log_err(&self.path, e))?;
         *synced = target;
         Ok(())
     }
@@ -164,9 +174,14 @@ impl Log {
     }
 }
 
-fn replay(path: &Path, file: &mut File, apply: &mut impl FnMut(Record) -> Result<()>) -> Result<Recovery> {
+fn replay(
+    path: &Path,
+    file: &mut File,
+    apply: &mut impl FnMut(Record) -> Result<()>,
+) -> Result<Recovery> {
     let len = file.metadata().map_err(|e| log_err(path, e))?.len();
-    file.seek(SeekFrom::Start(0)).map_err(|e| log_err(path, e))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| log_err(path, e))?;
     let mut reader = BufReader::with_capacity(1 << 20, &*file);
     let mut recovery = Recovery::default();
     let mut offset = 0u64;
@@ -177,13 +192,16 @@ fn replay(path: &Path, file: &mut File, apply: &mut impl FnMut(Record) -> Result
             if remaining < RECORD_PREFIX_BYTES as u64 {
                 break 'torn format!("{remaining} bytes of a record prefix");
             }
-            reader.read_exact(&mut prefix).map_err(|e| log_err(path, e))?;
+            reader
+                .read_exact(&mut prefix)
+                .map_err(|e| log_err(path, e))?;
             if prefix[..4] != MAGIC {
                 break 'torn "bad magic".to_string();
             }
-            let payload_len = u32::from_le_bytes(prefix[4..8].try_into().expect("4 bytes")) as usize;
+            let payload_len =
+                u32::from_le_bytes(prefix[4..8].try_into().expect("4 bytes")) as usize;
             let crc = u32::from_le_bytes(prefix[8..12].try_into().expect("4 bytes"));
-            if payload_len > FRAME_BYTES_MAX || payload_len < 4 {
+            if !(4..=FRAME_BYTES_MAX).contains(&payload_len) {
                 break 'torn format!("impossible record length {payload_len}");
             }
             if (payload_len + RECORD_PREFIX_BYTES) as u64 > remaining {
@@ -193,7 +211,9 @@ fn replay(path: &Path, file: &mut File, apply: &mut impl FnMut(Record) -> Result
                 );
             }
             let mut payload = vec![0u8; payload_len];
-            reader.read_exact(&mut payload).map_err(|e| log_err(path, e))?;
+            reader
+                .read_exact(&mut payload)
+                .map_err(|e| log_err(path, e))?;
             if crc32c::crc32c(&payload) != crc {
                 break 'torn "checksum mismatch".to_string();
             }
@@ -201,9 +221,10 @@ fn replay(path: &Path, file: &mut File, apply: &mut impl FnMut(Record) -> Result
             if 4 + header_len > payload_len {
                 break 'torn "header longer than its record".to_string();
             }
-            let Ok((header, _)) =
-                bincode::serde::decode_from_slice::<RecordHeader, _>(&payload[4..4 + header_len], config())
-            else {
+            let Ok((header, _)) = bincode::serde::decode_from_slice::<RecordHeader, _>(
+                &payload[4..4 + header_len],
+                config(),
+            ) else {
                 break 'torn "undecodable record header".to_string();
             };
             let ipc = payload[4 + header_len..].to_vec();
@@ -219,7 +240,10 @@ fn replay(path: &Path, file: &mut File, apply: &mut impl FnMut(Record) -> Result
             dropped_bytes = len - offset,
             "dropping the log's torn tail: {why}"
         );
-        recovery.dropped_tail = Some(format!("{why} at offset {offset}; dropped {} bytes", len - offset));
+        recovery.dropped_tail = Some(format!(
+            "{why} at offset {offset}; dropped {} bytes",
+            len - offset
+        ));
         drop(reader);
         file.set_len(offset).map_err(|e| log_err(path, e))?;
         break;
@@ -255,7 +279,13 @@ mod tests {
             log.sync_to(end).unwrap();
         }
         let (seen, rec) = replay_all(dir.path());
-        assert_eq!(seen, vec![("a".into(), 1, b"one".to_vec()), ("b".into(), 2, b"two".to_vec())]);
+        assert_eq!(
+            seen,
+            vec![
+                ("a".into(), 1, b"one".to_vec()),
+                ("b".into(), 2, b"two".to_vec())
+            ]
+        );
         assert!(rec.dropped_tail.is_none());
     }
 
@@ -269,7 +299,12 @@ mod tests {
         }
         let path = dir.path().join("batches.log");
         let len = std::fs::metadata(&path).unwrap().len();
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
         let (seen, rec) = replay_all(dir.path());
         assert_eq!(seen.len(), 1);
         assert!(rec.dropped_tail.unwrap().contains("cut off"));

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{ClientConfig, Connection, Endpoint, RecvStream, SendStream, ServerConfig, TransportConfig};
+use quinn::{
+    ClientConfig, Connection, Endpoint, RecvStream, SendStream, ServerConfig, TransportConfig,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -53,17 +55,28 @@ fn tls_err(what: &str, path: &Path, e: impl std::fmt::Display) -> LeafError {
     LeafError::Net(format!("{what} {}: {e}", path.display()))
 }
 
-fn load(files: &TlsFiles) -> Result<(rustls::RootCertStore, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+fn load(
+    files: &TlsFiles,
+) -> Result<(
+    rustls::RootCertStore,
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+)> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&files.ca_cert).map_err(|e| tls_err("reading CA", &files.ca_cert, e))? {
+    for cert in CertificateDer::pem_file_iter(&files.ca_cert)
+        .map_err(|e| tls_err("reading CA", &files.ca_cert, e))?
+    {
         let cert = cert.map_err(|e| tls_err("parsing CA", &files.ca_cert, e))?;
-        roots.add(cert).map_err(|e| tls_err("adding CA", &files.ca_cert, e))?;
+        roots
+            .add(cert)
+            .map_err(|e| tls_err("adding CA", &files.ca_cert, e))?;
     }
     let chain = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| tls_err("reading certificate", &files.cert, e))?
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| tls_err("parsing certificate", &files.cert, e))?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| tls_err("reading key", &files.key, e))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| tls_err("reading key", &files.key, e))?;
     Ok((roots, chain, key))
 }
 
@@ -97,7 +110,8 @@ pub fn server_endpoint(addr: SocketAddr, files: &TlsFiles) -> Result<Endpoint> {
         .with_single_cert(chain, key)
         .map_err(|e| LeafError::Net(format!("server certificate: {e}")))?;
     crypto.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| LeafError::Net(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+        .map_err(|e| LeafError::Net(e.to_string()))?;
     let mut config = ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport());
     Endpoint::server(config, addr).map_err(|e| LeafError::Net(format!("binding {addr}: {e}")))
@@ -113,11 +127,13 @@ pub fn client_endpoint(files: &TlsFiles) -> Result<Endpoint> {
         .with_client_auth_cert(chain, key)
         .map_err(|e| LeafError::Net(format!("client certificate: {e}")))?;
     crypto.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| LeafError::Net(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+        .map_err(|e| LeafError::Net(e.to_string()))?;
     let mut config = ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport());
     let bind: SocketAddr = "127.0.0.1:0".parse().expect("valid");
-    let mut endpoint = Endpoint::client(bind).map_err(|e| LeafError::Net(format!("client socket: {e}")))?;
+    let mut endpoint =
+        Endpoint::client(bind).map_err(|e| LeafError::Net(format!("client socket: {e}")))?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
@@ -161,6 +177,7 @@ pub async fn request<T: Serialize>(conn: &Connection, message: &T) -> Result<Rec
         .await
         .map_err(|e| LeafError::Net(format!("opening a stream: {e}")))?;
     write_frame(&mut send, message).await?;
-    send.finish().map_err(|e| LeafError::Net(format!("finishing a request: {e}")))?;
+    send.finish()
+        .map_err(|e| LeafError::Net(format!("finishing a request: {e}")))?;
     Ok(recv)
 }

@@ -33,18 +33,13 @@ pub async fn serve(leaf: Arc<Leaf>, endpoint: Endpoint) {
                     return;
                 }
             };
-            loop {
-                match conn.accept_bi().await {
-                    Ok((send, recv)) => {
-                        let leaf = Arc::clone(&leaf);
-                        tokio::spawn(async move {
-                            if let Err(e) = handle(leaf, send, recv).await {
-                                tracing::debug!("request ended: {e}");
-                            }
-                        });
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let leaf = Arc::clone(&leaf);
+                tokio::spawn(async move {
+                    if let Err(e) = handle(leaf, send, recv).await {
+                        tracing::debug!("request ended: {e}");
                     }
-                    Err(_) => break,
-                }
+                });
             }
         });
     }
@@ -55,7 +50,11 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
         return Ok(());
     };
     match request {
-        Request::Ingest { table, batch_id, ipc } => {
+        Request::Ingest {
+            table,
+            batch_id,
+            ipc,
+        } => {
             let leaf2 = Arc::clone(&leaf);
             let outcome = tokio::task::spawn_blocking(move || leaf2.ingest(&table, batch_id, &ipc))
                 .await
@@ -122,7 +121,12 @@ fn request_name(r: &Request) -> &'static str {
     }
 }
 
-async fn run_fragment(leaf: &Arc<Leaf>, table: &str, plan: &[u8], send: &mut SendStream) -> Result<()> {
+async fn run_fragment(
+    leaf: &Arc<Leaf>,
+    table: &str,
+    plan: &[u8],
+    send: &mut SendStream,
+) -> Result<()> {
     let (table_rows, mut stream) = leaf.run_fragment(table, plan)?;
     let schema = stream.schema();
     let mut pending: Vec<RecordBatch> = Vec::new();
@@ -139,7 +143,9 @@ async fn run_fragment(leaf: &Arc<Leaf>, table: &str, plan: &[u8], send: &mut Sen
             sent_bytes += flush(send, &schema, &mut pending).await?;
             pending_bytes = 0;
             if sent_bytes > REPLY_BYTES_MAX {
-                return Err(LeafError::ReplyTooLarge { max_bytes: REPLY_BYTES_MAX });
+                return Err(LeafError::ReplyTooLarge {
+                    max_bytes: REPLY_BYTES_MAX,
+                });
             }
         }
     }
@@ -147,7 +153,11 @@ async fn run_fragment(leaf: &Arc<Leaf>, table: &str, plan: &[u8], send: &mut Sen
     write_frame(send, &Response::FragmentDone { table_rows }).await
 }
 
-async fn flush(send: &mut SendStream, schema: &datafusion::arrow::datatypes::SchemaRef, pending: &mut Vec<RecordBatch>) -> Result<usize> {
+async fn flush(
+    send: &mut SendStream,
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    pending: &mut Vec<RecordBatch>,
+) -> Result<usize> {
     if pending.is_empty() {
         return Ok(0);
     }

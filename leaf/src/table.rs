@@ -32,7 +32,10 @@ pub struct Block {
 impl Block {
     pub fn new(batch: RecordBatch) -> Self {
         let memory_bytes = batch.get_array_memory_size() as u64;
-        Block { batch, memory_bytes }
+        Block {
+            batch,
+            memory_bytes,
+        }
     }
 }
 
@@ -202,7 +205,11 @@ pub fn adapt(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
         columns.push(column);
     }
     let options = RecordBatchOptions::new().with_row_count(Some(rows));
-    Ok(RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)?)
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &options,
+    )?)
 }
 
 #[cfg(test)]
@@ -218,7 +225,11 @@ mod tests {
                 .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
                 .collect::<Vec<_>>(),
         );
-        RecordBatch::try_new(Arc::new(schema), fields.into_iter().map(|(_, a)| a).collect()).unwrap()
+        RecordBatch::try_new(
+            Arc::new(schema),
+            fields.into_iter().map(|(_, a)| a).collect(),
+        )
+        .unwrap()
     }
 
     fn append(t: &mut Table, b: RecordBatch) -> Result<()> {
@@ -229,8 +240,16 @@ mod tests {
     #[test]
     fn column_never_seen_in_a_block_reads_as_null() {
         let mut t = Table::new("t");
-        append(&mut t, batch(vec![("a", Arc::new(Int64Array::from(vec![1, 2])))])).unwrap();
-        append(&mut t, batch(vec![("b", Arc::new(StringArray::from(vec!["x"])))])).unwrap();
+        append(
+            &mut t,
+            batch(vec![("a", Arc::new(Int64Array::from(vec![1, 2])))]),
+        )
+        .unwrap();
+        append(
+            &mut t,
+            batch(vec![("b", Arc::new(StringArray::from(vec!["x"])))]),
+        )
+        .unwrap();
         let out = t.scan(&t.schema()).unwrap();
         assert_eq!(out.len(), 2);
         assert!(out[0].column_by_name("b").unwrap().is_null(0));
@@ -240,20 +259,40 @@ mod tests {
     #[test]
     fn int_blocks_read_as_float_after_widening() {
         let mut t = Table::new("t");
-        append(&mut t, batch(vec![("x", Arc::new(Int64Array::from(vec![1])))])).unwrap();
+        append(
+            &mut t,
+            batch(vec![("x", Arc::new(Int64Array::from(vec![1])))]),
+        )
+        .unwrap();
         t.seal().unwrap();
-        append(&mut t, batch(vec![("x", Arc::new(Float64Array::from(vec![2.5])))])).unwrap();
+        append(
+            &mut t,
+            batch(vec![("x", Arc::new(Float64Array::from(vec![2.5])))]),
+        )
+        .unwrap();
         assert_eq!(t.schema().field(0).data_type(), &DataType::Float64);
         let out = t.scan(&t.schema()).unwrap();
-        let first = out[0].column(0).as_any().downcast_ref::<Float64Array>().unwrap();
+        let first = out[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
         assert_eq!(first.value(0), 1.0);
     }
 
     #[test]
     fn conflicting_batch_is_refused_naming_the_column() {
         let mut t = Table::new("t");
-        append(&mut t, batch(vec![("x", Arc::new(Int64Array::from(vec![1])))])).unwrap();
-        let err = append(&mut t, batch(vec![("x", Arc::new(StringArray::from(vec!["no"])))])).unwrap_err();
+        append(
+            &mut t,
+            batch(vec![("x", Arc::new(Int64Array::from(vec![1])))]),
+        )
+        .unwrap();
+        let err = append(
+            &mut t,
+            batch(vec![("x", Arc::new(StringArray::from(vec!["no"])))]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("column `x`"), "{err}");
         assert_eq!(t.rows(), 1);
     }
@@ -261,7 +300,11 @@ mod tests {
     #[test]
     fn stale_schema_is_detected_not_truncated() {
         let mut t = Table::new("t");
-        append(&mut t, batch(vec![("x", Arc::new(Float64Array::from(vec![1.5])))])).unwrap();
+        append(
+            &mut t,
+            batch(vec![("x", Arc::new(Float64Array::from(vec![1.5])))]),
+        )
+        .unwrap();
         let stale = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
         assert!(matches!(t.scan(&stale), Err(LeafError::StaleSchema { .. })));
     }
@@ -270,11 +313,20 @@ mod tests {
     fn sealing_keeps_every_row() {
         let mut t = Table::new("t");
         for i in 0..10 {
-            append(&mut t, batch(vec![("x", Arc::new(Int64Array::from(vec![i; 10_000])))])).unwrap();
+            append(
+                &mut t,
+                batch(vec![("x", Arc::new(Int64Array::from(vec![i; 10_000])))]),
+            )
+            .unwrap();
         }
         assert_eq!(t.rows(), 100_000);
         assert_eq!(t.sealed_blocks().len(), 1);
-        let total: usize = t.scan(&t.schema()).unwrap().iter().map(|b| b.num_rows()).sum();
+        let total: usize = t
+            .scan(&t.schema())
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
         assert_eq!(total, 100_000);
     }
 }

@@ -29,10 +29,17 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn up(leaves: usize) -> TestCluster {
-        let dir = tempfile::Builder::new().prefix("scuba-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("scuba-test-")
+            .tempdir()
+            .expect("tempdir");
         let c = TestCluster { dir, leaves };
         let out = c.run(&["cluster", "up", "--leaves", &leaves.to_string()], None);
-        assert!(out.status.success(), "cluster up failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cluster up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         c
     }
 
@@ -45,7 +52,11 @@ impl TestCluster {
         let mut cmd = Command::new(scubactl());
         cmd.args(args).arg("--dir").arg(self.dir.path());
         cmd.env("SCUBA_LOG", "warn");
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn scubactl");
         if let Some(input) = stdin {
@@ -80,7 +91,11 @@ impl TestCluster {
 
     pub fn status_json(&self) -> Value {
         let out = self.run(&["cluster", "status", "--json"], None);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("status is JSON")
     }
 
@@ -122,7 +137,13 @@ impl Drop for TestCluster {
 /// `scubactl gen` output: deterministic sample events.
 pub fn gen_events(rows: u64, seed: u64) -> Vec<u8> {
     let out = Command::new(scubactl())
-        .args(["gen", "--rows", &rows.to_string(), "--seed", &seed.to_string()])
+        .args([
+            "gen",
+            "--rows",
+            &rows.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
         .output()
         .expect("scubactl gen");
     assert!(out.status.success());
@@ -161,8 +182,13 @@ pub fn oracle(table: &str, jsonl: &[u8]) -> SessionContext {
 }
 
 pub fn oracle_rows(ctx: &SessionContext, sql: &str) -> Vec<Value> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let batches = rt.block_on(async { ctx.sql(sql).await?.collect().await }).unwrap_or_else(|e| panic!("oracle failed on {sql}: {e}"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let batches = rt
+        .block_on(async { ctx.sql(sql).await?.collect().await })
+        .unwrap_or_else(|e| panic!("oracle failed on {sql}: {e}"));
     scuba::render::rows(&batches)
 }
 
@@ -174,7 +200,7 @@ pub struct CorpusQuery {
 }
 
 pub fn corpus() -> Vec<CorpusQuery> {
-    let text = include_str!("corpus/events.sql");
+    let text = include_str!("../corpus/events.sql");
     let mut out: Vec<CorpusQuery> = Vec::new();
     for line in text.lines() {
         if let Some(spec) = line.strip_prefix("-- query:") {
@@ -187,7 +213,9 @@ pub fn corpus() -> Vec<CorpusQuery> {
                 match word {
                     "ordered" => q.ordered = true,
                     "unordered" => q.ordered = false,
-                    w if w.starts_with("tolerance=") => q.tolerance = w["tolerance=".len()..].parse().unwrap(),
+                    w if w.starts_with("tolerance=") => {
+                        q.tolerance = w["tolerance=".len()..].parse().unwrap()
+                    }
                     w => panic!("unknown corpus word {w}"),
                 }
             }
@@ -208,7 +236,9 @@ fn close(a: &Value, b: &Value, tolerance: f64) -> bool {
             let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
             x == y || (x - y).abs() <= tolerance * x.abs().max(y.abs()).max(1e-12)
         }
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| close(a, b, tolerance)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| close(a, b, tolerance))
+        }
         _ => a == b,
     }
 }
@@ -221,14 +251,26 @@ pub fn assert_same_rows(q: &CorpusQuery, got: &[Value], expected: &[Value]) {
         got.sort_by_key(key);
         expected.sort_by_key(key);
     }
-    let same = got.len() == expected.len() && got.iter().zip(&expected).all(|(a, b)| close(a, b, q.tolerance));
+    let same = got.len() == expected.len()
+        && got
+            .iter()
+            .zip(&expected)
+            .all(|(a, b)| close(a, b, q.tolerance));
     assert!(
         same,
         "query: {}\n got {} rows: {}\nwant {} rows: {}",
         q.sql,
         got.len(),
-        serde_json::to_string(&got).unwrap().chars().take(2000).collect::<String>(),
+        serde_json::to_string(&got)
+            .unwrap()
+            .chars()
+            .take(2000)
+            .collect::<String>(),
         expected.len(),
-        serde_json::to_string(&expected).unwrap().chars().take(2000).collect::<String>()
+        serde_json::to_string(&expected)
+            .unwrap()
+            .chars()
+            .take(2000)
+            .collect::<String>()
     );
 }
