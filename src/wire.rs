@@ -101,6 +101,9 @@ pub enum Request {
     TableSchema { table: String },
     /// Aggregator: refresh cached leaf stats now (after an ingest).
     Refresh,
+    /// Aggregator: `leaf` is being restarted; report it as `restarting`
+    /// until a new process answers for it.
+    LeafRestarting { leaf: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -209,6 +212,12 @@ pub enum Response {
     Stats(LeafStats),
     Status(Vec<LeafStatus>),
     Schema(Option<Vec<u8>>),
+    /// The leaf sealed everything into a valid hand-off segment.
+    HandoffDone {
+        rows: u64,
+        blocks: u64,
+        bytes: u64,
+    },
     Ok,
     Error(WireError),
 }

@@ -44,6 +44,10 @@ pub struct LeafConfig {
     pub data_dir: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit_bytes: Option<u64>,
+    /// Shared-memory folder for sealed blocks and the hand-off segment;
+    /// under /dev/shm by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,5 +116,13 @@ impl ClusterConfig {
 
     pub fn leaf(&self, id: &str) -> Option<&LeafConfig> {
         self.leaves.iter().find(|l| l.id == id)
+    }
+
+    /// The shared-memory folder of a leaf.
+    pub fn shm_dir(&self, leaf: &LeafConfig) -> PathBuf {
+        match &leaf.shm_dir {
+            Some(d) => self.resolve(d),
+            None => scuba_leaf::leaf::default_shm_dir(&leaf.id, &self.resolve(&leaf.data_dir)),
+        }
     }
 }

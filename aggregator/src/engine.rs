@@ -50,6 +50,8 @@ use crate::transport::LeafTransport;
 pub const POLL_INTERVAL_MS: u64 = 1_000;
 /// How long a stats request may take before the leaf counts as down.
 pub const STATS_TIMEOUT_MS: u64 = 1_000;
+/// How long a leaf said to be restarting is reported so while it is away.
+pub const RESTART_GRACE_MS: u64 = 60_000;
 
 #[derive(Debug, Clone, Copy)]
 pub struct QueryDefaults {
@@ -89,6 +91,9 @@ struct LeafCache {
     state: LeafState,
     stats: Option<LeafStats>,
     last_report: Option<Instant>,
+    /// Set when told the leaf is restarting: the pid of the process being
+    /// replaced, and when. Cleared once another process answers.
+    restarting: Option<(u32, Instant)>,
     /// Schemas decoded from `stats`, by table.
     schemas: HashMap<String, SchemaRef>,
 }
@@ -122,6 +127,7 @@ impl Aggregator {
                 state: LeafState::Unknown,
                 stats: None,
                 last_report: None,
+                restarting: None,
                 schemas: HashMap::new(),
             })
             .collect();
@@ -156,6 +162,10 @@ impl Aggregator {
             let c = &mut cache[i];
             match r {
                 Ok(Ok(stats)) => {
+                    // Another process answering ends a restart.
+                    if c.restarting.is_some_and(|(pid, _)| pid != stats.pid) {
+                        c.restarting = None;
+                    }
                     c.state = if stats.accepting_writes {
                         LeafState::Up
                     } else {
@@ -177,6 +187,11 @@ impl Aggregator {
                 Ok(Err(MissingReason::Unreachable)) => c.state = LeafState::Down,
                 _ => c.state = LeafState::Unresponsive,
             }
+            if c.restarting
+                .is_some_and(|(_, since)| since.elapsed() < Duration::from_millis(RESTART_GRACE_MS))
+            {
+                c.state = LeafState::Restarting;
+            }
             if c.state != LeafState::Up {
                 let t = Arc::clone(&self.transport);
                 tokio::spawn(async move { t.reset(i).await });
@@ -195,6 +210,17 @@ impl Aggregator {
                 agg.refresh().await;
             }
         });
+    }
+
+    /// Marks `leaf` as restarting until a process other than the current
+    /// one answers for it (or [`RESTART_GRACE_MS`] pass).
+    pub fn mark_restarting(&self, leaf: &str) {
+        let mut cache = self.cache.write().expect("cache poisoned");
+        if let Some(i) = self.ids.iter().position(|id| id == leaf) {
+            let pid = cache[i].stats.as_ref().map_or(0, |s| s.pid);
+            cache[i].restarting = Some((pid, Instant::now()));
+            cache[i].state = LeafState::Restarting;
+        }
     }
 
     /// Every leaf as last seen.
@@ -450,7 +476,25 @@ impl Aggregator {
                     batches.iter_mut().for_each(Vec::clear);
                 }
             }
-            fan.coverage(&self.ids, &last_rows)
+            let mut coverage = fan.coverage(&self.ids, &last_rows);
+            // A leaf known to be restarting is missing for that reason.
+            let cache = self.cache.read().expect("cache poisoned");
+            for m in &mut coverage.missing {
+                if let Some(i) = self.ids.iter().position(|id| *id == m.leaf) {
+                    let restarting = cache[i].restarting.is_some_and(|(_, since)| {
+                        since.elapsed() < Duration::from_millis(RESTART_GRACE_MS)
+                    });
+                    if restarting
+                        && matches!(
+                            m.reason,
+                            MissingReason::Unreachable | MissingReason::Timeout
+                        )
+                    {
+                        m.reason = MissingReason::Restarting;
+                    }
+                }
+            }
+            coverage
         };
 
         let plan = if fragments.is_empty() {

@@ -101,6 +101,10 @@ async fn handle(agg: Arc<Aggregator>, mut send: SendStream, mut recv: RecvStream
                 .transpose()?;
             write_frame(&mut send, &Response::Schema(schema)).await?;
         }
+        Request::LeafRestarting { leaf } => {
+            agg.mark_restarting(&leaf);
+            write_frame(&mut send, &Response::Ok).await?;
+        }
         Request::Refresh => {
             agg.refresh().await;
             write_frame(&mut send, &Response::Ok).await?;

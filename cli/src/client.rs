@@ -61,7 +61,13 @@ pub fn leaf_transport(config: &ClusterConfig) -> Result<QuicTransport> {
 
 impl Client {
     pub async fn connect_config(config: &ClusterConfig) -> Result<Client> {
-        let endpoint = client_endpoint(&tls(config))?;
+        Self::connect_as(config, &tls(config)).await
+    }
+
+    /// Connects presenting another node's certificate (a leaf telling the
+    /// aggregator it restarts).
+    pub async fn connect_as(config: &ClusterConfig, tls: &TlsFiles) -> Result<Client> {
+        let endpoint = client_endpoint(tls)?;
         let addr = config.aggregator.addr;
         let conn = tokio::time::timeout(Duration::from_secs(3), connect(&endpoint, addr))
             .await
@@ -83,6 +89,17 @@ impl Client {
             Some(Response::Status(s)) => Ok(s),
             other => bail!("unexpected reply {other:?}"),
         }
+    }
+
+    /// Tells the aggregator `leaf` is restarting.
+    pub async fn leaf_restarting(&self, leaf: &str) -> Result<()> {
+        let mut recv = self
+            .call(&Request::LeafRestarting {
+                leaf: leaf.to_string(),
+            })
+            .await?;
+        let _ = read_frame::<Response>(&mut recv).await?;
+        Ok(())
     }
 
     pub async fn refresh(&self) -> Result<()> {

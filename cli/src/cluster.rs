@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use scuba_aggregator::config::{AggregatorConfig, ClusterConfig, LeafConfig};
-use scuba_aggregator::transport::{LeafTransport, QuicTransport};
+use scuba_aggregator::transport::{probe, LeafTransport, Liveness, QuicTransport};
 use scuba_leaf::net::{client_endpoint, TlsFiles};
 
 pub const CLUSTER_FILE: &str = "cluster.toml";
@@ -97,6 +97,7 @@ fn create(dir: &Path, leaves: usize, memory_limit_bytes: Option<u64>) -> Result<
                 addr: format!("{host}:{}", free_port()?).parse()?,
                 data_dir: PathBuf::from("leaves").join(format!("leaf-{i}")),
                 memory_limit_bytes,
+                shm_dir: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -112,6 +113,123 @@ fn create(dir: &Path, leaves: usize, memory_limit_bytes: Option<u64>) -> Result<
     scuba_aggregator::certs::generate(&dir.join("tls"), &nodes)?;
     config.save(&dir.join(CLUSTER_FILE))?;
     Ok(config)
+}
+
+/// Stops one leaf of a local cluster; with `handoff` it first seals its
+/// memory into a hand-off segment (which the next start adopts).
+pub async fn stop_leaf(dir: &Path, id: &str, handoff: bool) -> Result<()> {
+    let config = ClusterConfig::load(&dir.join(CLUSTER_FILE))?;
+    let leaf = config
+        .leaf(id)
+        .with_context(|| format!("leaf `{id}` is not in the cluster"))?;
+    if !handoff {
+        stop(dir, id, libc::SIGTERM)?;
+        return Ok(());
+    }
+    // Queries report the leaf as restarting until a successor answers.
+    if let Ok(c) = crate::client::Client::connect_config(&config).await {
+        let _ = c.leaf_restarting(id).await;
+    }
+    let tls = TlsFiles::in_dir(&config.tls_dir(), "client");
+    let endpoint = client_endpoint(&tls)?;
+    let conn = scuba_leaf::net::connect(&endpoint, leaf.addr).await?;
+    let mut recv = scuba_leaf::net::request(&conn, &scuba::wire::Request::Handoff).await?;
+    match scuba_leaf::net::read_frame::<scuba::wire::Response>(&mut recv).await? {
+        Some(scuba::wire::Response::HandoffDone { .. }) => {}
+        other => bail!("leaf {id} did not hand off: {other:?}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running_pid(dir, id).is_some() {
+        if Instant::now() > deadline {
+            bail!("leaf {id} handed off but did not exit");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = std::fs::remove_file(pid_path(dir, id));
+    Ok(())
+}
+
+/// Restarts one leaf of a local cluster: with `handoff`, a new process
+/// takes the running one's memory over; without, the leaf is stopped and
+/// started again, recovering from its disk log. Returns the milliseconds
+/// from the command to the new process answering.
+pub async fn restart_leaf(dir: &Path, id: &str, handoff: bool, fsync: &str) -> Result<u64> {
+    let file = dir.join(CLUSTER_FILE);
+    let config = ClusterConfig::load(&file)?;
+    let index = config
+        .leaves
+        .iter()
+        .position(|l| l.id == id)
+        .with_context(|| format!("leaf `{id}` is not in {}", file.display()))?;
+    let file_s = file.to_string_lossy().to_string();
+    let started = Instant::now();
+    let old_pid = running_pid(dir, id);
+    if handoff {
+        spawn(
+            dir,
+            id,
+            &[
+                "leaf",
+                "serve",
+                "--cluster",
+                &file_s,
+                "--id",
+                id,
+                "--fsync",
+                fsync,
+                "--handoff",
+            ],
+        )?;
+    } else {
+        if let Ok(c) = crate::client::Client::connect_config(&config).await {
+            let _ = c.leaf_restarting(id).await;
+        }
+        stop(dir, id, libc::SIGTERM)?;
+        spawn(
+            dir,
+            id,
+            &[
+                "leaf",
+                "serve",
+                "--cluster",
+                &file_s,
+                "--id",
+                id,
+                "--fsync",
+                fsync,
+            ],
+        )?;
+    }
+    let new_pid = running_pid(dir, id);
+    let tls = TlsFiles::in_dir(&config.tls_dir(), "client");
+    let leaves: Vec<(String, SocketAddr)> = config
+        .leaves
+        .iter()
+        .map(|l| (l.id.clone(), l.addr))
+        .collect();
+    let transport = QuicTransport::new(client_endpoint(&tls)?, leaves);
+    let deadline = Instant::now() + Duration::from_millis(STARTUP_TIMEOUT_MS * 10);
+    let addr = config.leaves[index].addr;
+    loop {
+        // Connect only once something holds the port: a handshake sent to a
+        // free port is lost and retried only after QUIC's first timeout.
+        if probe(addr).await != Liveness::Refused {
+            if let Ok(Ok(stats)) =
+                tokio::time::timeout(Duration::from_millis(500), transport.stats(index)).await
+            {
+                if Some(stats.pid as i32) != old_pid
+                    && (new_pid.is_none() || Some(stats.pid as i32) == new_pid)
+                {
+                    return Ok(started.elapsed().as_millis() as u64);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("leaf {id} did not come back; see logs/{id}.log");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        transport.reset(index).await;
+    }
 }
 
 fn spawn(dir: &Path, name: &str, args: &[&str]) -> Result<()> {
@@ -280,6 +398,8 @@ pub fn down(dir: &Path) -> Result<Vec<String>> {
         if stop(dir, &leaf.id, libc::SIGTERM)? {
             stopped.push(leaf.id.clone());
         }
+        // A leaf that crashed earlier may have left blocks in shared memory.
+        let _ = std::fs::remove_dir_all(config.shm_dir(leaf));
     }
     Ok(stopped)
 }

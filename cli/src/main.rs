@@ -16,12 +16,13 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use scuba::decode::InputFormat;
 use scuba::wire::{ErrorKind, QueryRequest, PROTOCOL_VERSION};
+use scuba_aggregator::config::ClusterConfig;
 use scuba_aggregator::engine::{Aggregator, QueryDefaults};
 use scuba_aggregator::ingest::{ingest, IngestOptions};
 use scuba_aggregator::transport::LeafTransport;
 use scuba_leaf::log::FsyncPolicy;
 use scuba_leaf::net::{client_endpoint, TlsFiles};
-use scuba_leaf::{Leaf, LeafOptions};
+use scuba_leaf::{Leaf, LeafOptions, Startup};
 
 /// Exit codes, documented in the README.
 const EXIT_ERROR: u8 = 1;
@@ -169,6 +170,32 @@ enum LeafCommand {
         memory_limit: Option<u64>,
         #[arg(long, value_enum, default_value = "group")]
         fsync: Fsync,
+        /// Take over from the leaf running at this address: it seals its
+        /// memory into a hand-off segment and exits, and this process
+        /// adopts the segment in place instead of reading the disk log.
+        #[arg(long)]
+        handoff: bool,
+    },
+    /// Stop a leaf of a local cluster (`--dir`); with `--handoff` it leaves
+    /// a hand-off segment that the next start adopts.
+    Stop {
+        id: String,
+        #[arg(long)]
+        handoff: bool,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Restart a leaf of a local cluster (`--dir`).
+    Restart {
+        id: String,
+        /// Hand memory over through shared memory instead of recovering
+        /// from the disk log.
+        #[arg(long)]
+        handoff: bool,
+        #[arg(long, value_enum, default_value = "group")]
+        fsync: Fsync,
+        #[command(flatten)]
+        at: Where,
     },
 }
 
@@ -257,8 +284,41 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     id,
                     memory_limit,
                     fsync,
+                    handoff,
                 },
-        } => leaf_serve(cluster, id, memory_limit, fsync).await,
+        } => leaf_serve(cluster, id, memory_limit, fsync, handoff).await,
+        Command::Leaf {
+            command: LeafCommand::Stop { id, handoff, at },
+        } => {
+            cluster::stop_leaf(&at.dir(), &id, handoff).await?;
+            println!(
+                "leaf {id} stopped{}",
+                if handoff {
+                    " with a hand-off segment"
+                } else {
+                    ""
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Leaf {
+            command:
+                LeafCommand::Restart {
+                    id,
+                    handoff,
+                    fsync,
+                    at,
+                },
+        } => {
+            let ms = cluster::restart_leaf(&at.dir(), &id, handoff, fsync.name()).await?;
+            let how = if handoff {
+                "with hand-off"
+            } else {
+                "from the disk log"
+            };
+            println!("leaf {id} restarted {how}: answering again after {ms} ms");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Aggregator {
             command: AggregatorCommand::Serve { cluster },
         } => aggregator_serve(cluster).await,
@@ -402,12 +462,17 @@ async fn leaf_serve(
     id: String,
     memory_limit: Option<u64>,
     fsync: Fsync,
+    handoff: bool,
 ) -> Result<ExitCode> {
     let config = client::load_config(&cluster)?;
     let leaf_config = config
         .leaf(&id)
         .with_context(|| format!("leaf `{id}` is not in {}", cluster.display()))?
         .clone();
+    let tls = TlsFiles::in_dir(&config.tls_dir(), &id);
+    if handoff {
+        take_over(&config, &leaf_config, &tls).await?;
+    }
     let options = LeafOptions {
         id: id.clone(),
         data_dir: Some(config.resolve(&leaf_config.data_dir)),
@@ -415,20 +480,111 @@ async fn leaf_serve(
             .or(leaf_config.memory_limit_bytes)
             .unwrap_or_else(scuba_leaf::leaf::default_memory_limit_bytes),
         fsync: fsync.policy(),
+        shm_dir: Some(config.shm_dir(&leaf_config)),
     };
-    let (leaf, recovery) = Leaf::open(options)?;
-    if let Some(r) = recovery.and_then(|r| r.dropped_tail) {
-        tracing::warn!(leaf = %id, "recovery dropped a torn log tail: {r}");
+    let (leaf, startup) = Leaf::open(options)?;
+    match &startup {
+        Startup::Recovered {
+            recovery,
+            rows,
+            seconds,
+            refused_segment,
+        } => {
+            if let Some(why) = refused_segment {
+                tracing::warn!(leaf = %id, "did not adopt the hand-off segment: {why}");
+            }
+            if let Some(why) = &recovery.dropped_tail {
+                tracing::warn!(leaf = %id, "recovery dropped a torn log tail: {why}");
+            }
+            tracing::info!(leaf = %id, rows, seconds, "recovered from the disk log");
+        }
+        Startup::Adopted {
+            rows,
+            blocks,
+            seconds,
+            ..
+        } => {
+            tracing::info!(leaf = %id, rows, blocks, seconds, "adopted the predecessor's memory");
+        }
+        Startup::Empty => {}
     }
-    let tls = TlsFiles::in_dir(&config.tls_dir(), &id);
     let endpoint = scuba_leaf::server::bind(leaf_config.addr, &tls)?;
     tracing::info!(leaf = %id, addr = %leaf_config.addr, "serving");
     tokio::select! {
-        _ = scuba_leaf::server::serve(leaf, endpoint.clone()) => {}
-        _ = shutdown_signal() => tracing::info!(leaf = %id, "stopping"),
+        _ = scuba_leaf::server::serve(Arc::clone(&leaf), endpoint.clone()) => {}
+        _ = leaf.exit_requested() => tracing::info!(leaf = %id, "handed off; exiting"),
+        _ = shutdown_signal() => {
+            tracing::info!(leaf = %id, "stopping");
+            leaf.release_shared_memory();
+        }
     }
     endpoint.close(0u32.into(), b"shutdown");
+    // Let the close reach peers, but free the port quickly: a successor
+    // is waiting for it.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(20), endpoint.wait_idle()).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the leaf running at our address to hand its memory over, and waits
+/// until it has exited and freed the port. Tells the aggregator first, so
+/// queries report the leaf as `restarting` meanwhile.
+async fn take_over(
+    config: &ClusterConfig,
+    leaf: &scuba_aggregator::config::LeafConfig,
+    tls: &TlsFiles,
+) -> Result<()> {
+    use scuba::wire::{Request, Response};
+    use std::time::Duration;
+    if let Ok(Ok(c)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        client::Client::connect_as(config, tls),
+    )
+    .await
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(1), c.leaf_restarting(&leaf.id)).await;
+    }
+    let endpoint = client_endpoint(tls)?;
+    let conn = match tokio::time::timeout(
+        Duration::from_secs(2),
+        scuba_leaf::net::connect(&endpoint, leaf.addr),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        _ => {
+            tracing::warn!(leaf = %leaf.id, "no running leaf answered at {}; starting from what is there", leaf.addr);
+            return Ok(());
+        }
+    };
+    let mut recv = scuba_leaf::net::request(&conn, &Request::Handoff).await?;
+    match scuba_leaf::net::read_frame::<Response>(&mut recv).await? {
+        Some(Response::HandoffDone {
+            rows,
+            blocks,
+            bytes,
+        }) => {
+            tracing::info!(leaf = %leaf.id, rows, blocks, bytes, "predecessor handed off");
+        }
+        Some(Response::Error(e)) => {
+            anyhow::bail!("the running leaf refused to hand off: {}", e.message)
+        }
+        other => anyhow::bail!("unexpected reply to a hand-off: {other:?}"),
+    }
+    conn.close(0u32.into(), b"taken over");
+    // Wait for the predecessor to exit and free the port.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match std::net::UdpSocket::bind(leaf.addr) {
+            Ok(s) => {
+                drop(s);
+                return Ok(());
+            }
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(2)).await
+            }
+            Err(e) => anyhow::bail!("the predecessor did not free {}: {e}", leaf.addr),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -21,8 +21,9 @@ use scuba::wire::{BatchId, LeafStats, TableStats};
 
 use crate::error::{LeafError, Result};
 use crate::fragment::{decode_fragment, ScanSource};
+use crate::handoff::{self, Manifest};
 use crate::log::{FsyncPolicy, Log, Recovery};
-use crate::table::Table;
+use crate::table::{BlockStore, Table};
 
 /// How a leaf runs.
 #[derive(Debug, Clone)]
@@ -32,6 +33,9 @@ pub struct LeafOptions {
     pub data_dir: Option<PathBuf>,
     pub memory_limit_bytes: u64,
     pub fsync: FsyncPolicy,
+    /// Where sealed blocks live in shared memory (and a hand-off segment is
+    /// left for a successor); `None` keeps them on the heap.
+    pub shm_dir: Option<PathBuf>,
 }
 
 impl LeafOptions {
@@ -42,8 +46,53 @@ impl LeafOptions {
             data_dir: None,
             memory_limit_bytes: default_memory_limit_bytes(),
             fsync: FsyncPolicy::Never,
+            shm_dir: None,
         }
     }
+}
+
+/// The shared-memory folder for a leaf whose log is in `data_dir`: under
+/// `/dev/shm` (named after the leaf and its data folder, so two clusters on
+/// one machine never share one), or inside `data_dir` where there is no
+/// `/dev/shm`.
+pub fn default_shm_dir(id: &str, data_dir: &std::path::Path) -> PathBuf {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        return data_dir.join("shm");
+    }
+    let canonical = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let tag = crc32c::crc32c(canonical.to_string_lossy().as_bytes());
+    shm.join("scuba").join(format!("{id}-{tag:08x}"))
+}
+
+/// How a leaf came up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Startup {
+    /// Fresh: no log, or an empty one.
+    Empty,
+    /// Adopted a predecessor's segment in place.
+    Adopted {
+        rows: u64,
+        blocks: usize,
+        bytes: u64,
+        seconds: f64,
+    },
+    /// Rebuilt from the disk log (after a crash, or a refused segment).
+    Recovered {
+        recovery: Recovery,
+        rows: u64,
+        seconds: f64,
+        /// Why a hand-off segment was refused, if there was one.
+        refused_segment: Option<String>,
+    },
+}
+
+/// What a hand-off left for the successor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandoffSummary {
+    pub rows: u64,
+    pub blocks: usize,
+    pub bytes: u64,
 }
 
 /// A quarter of the machine's memory.
@@ -94,7 +143,12 @@ impl State {
     }
 
     /// Checks and applies one decoded batch; nothing changes on error.
-    fn apply(&mut self, table: &str, batches: Vec<RecordBatch>) -> Result<u64> {
+    fn apply(
+        &mut self,
+        table: &str,
+        batches: Vec<RecordBatch>,
+        store: Option<&BlockStore>,
+    ) -> Result<u64> {
         if !self.tables.contains_key(table) && self.tables.len() >= LEAF_TABLES_MAX {
             return Err(LeafError::TooManyTables {
                 max: LEAF_TABLES_MAX,
@@ -108,7 +162,7 @@ impl State {
         for batch in batches {
             let unified = t.check(&batch)?;
             rows += batch.num_rows() as u64;
-            t.append(batch, unified)?;
+            t.append(batch, unified, store)?;
         }
         Ok(rows)
     }
@@ -118,7 +172,10 @@ pub struct Leaf {
     options: LeafOptions,
     state: RwLock<State>,
     log: Option<Log>,
+    store: Option<BlockStore>,
     accepting_writes: AtomicBool,
+    handed_off: AtomicBool,
+    exit: tokio::sync::Notify,
     session: SessionContext,
 }
 
@@ -150,36 +207,98 @@ fn decode_batch(table: &str, ipc: &[u8]) -> Result<Vec<RecordBatch>> {
 }
 
 impl Leaf {
-    /// Opens a leaf, rebuilding its tables from its disk log if it has one.
-    pub fn open(options: LeafOptions) -> Result<(Arc<Leaf>, Option<Recovery>)> {
-        let mut state = State::default();
-        let (log, recovery) = match &options.data_dir {
-            Some(dir) => {
-                let started = std::time::Instant::now();
-                let (log, recovery) = Log::open(&dir.join("log"), options.fsync, |record| {
-                    let batches = decode_batch(&record.header.table, &record.ipc)?;
-                    // A record that no longer fits (a type conflict that
-                    // raced it in) was refused when first sent; skip it again.
-                    if let Err(e) = state.apply(&record.header.table, batches) {
-                        tracing::warn!("skipping a log record that does not apply: {e}");
-                    }
-                    state.remember(record.header.batch_id);
-                    Ok(())
-                })?;
-                let rows: u64 = state.tables.values().map(Table::rows).sum();
-                let secs = started.elapsed().as_secs_f64();
-                tracing::info!(
-                    leaf = %options.id,
-                    records = recovery.records,
-                    rows,
-                    bytes = recovery.bytes,
-                    seconds = secs,
-                    rows_per_s = rows as f64 / secs.max(1e-9),
-                    "recovered from the disk log"
-                );
-                (Some(log), Some(recovery))
+    /// Opens a leaf: adopts a predecessor's hand-off segment when there is a
+    /// valid one, else rebuilds its tables from its disk log (if it has one).
+    pub fn open(options: LeafOptions) -> Result<(Arc<Leaf>, Startup)> {
+        let started = std::time::Instant::now();
+        let mut refused_segment = None;
+        let mut adopted: Option<(State, Manifest, Log)> = None;
+        if let Some(dir) = &options.shm_dir {
+            std::fs::create_dir_all(dir)?;
+            match handoff::read(dir) {
+                Ok(Some(manifest)) => match adopt(&options, dir, &manifest) {
+                    Ok((state, log)) => adopted = Some((state, manifest, log)),
+                    Err(e) => refused_segment = Some(e.to_string()),
+                },
+                Ok(None) => {}
+                Err(reason) => refused_segment = Some(reason),
             }
-            None => (None, None),
+            if let Some(reason) = &refused_segment {
+                tracing::warn!(leaf = %options.id, "hand-off segment refused: {reason}; recovering from the disk log");
+            }
+            match &adopted {
+                Some((_, manifest, _)) => {
+                    // Adopted: nothing may adopt this segment again.
+                    handoff::retire(dir);
+                    remove_unlisted(dir, manifest);
+                }
+                None => clear_dir(dir),
+            }
+        }
+        let store = options.shm_dir.as_ref().map(|dir| {
+            BlockStore::new(
+                dir.clone(),
+                adopted.as_ref().map_or(1, |(_, m, _)| m.next_block_seq),
+            )
+        });
+
+        let (state, log, startup) = if let Some((state, manifest, log)) = adopted {
+            let rows = state.tables.values().map(Table::rows).sum();
+            let blocks = manifest.tables.iter().map(|t| t.blocks.len()).sum();
+            let bytes = manifest
+                .tables
+                .iter()
+                .flat_map(|t| &t.blocks)
+                .map(|b| b.len_bytes)
+                .sum();
+            let seconds = started.elapsed().as_secs_f64();
+            tracing::info!(leaf = %options.id, rows, blocks, bytes, seconds, "adopted the hand-off segment in place");
+            (
+                state,
+                Some(log),
+                Startup::Adopted {
+                    rows,
+                    blocks,
+                    bytes,
+                    seconds,
+                },
+            )
+        } else if let Some(dir) = &options.data_dir {
+            let mut state = State::default();
+            let (log, recovery) = Log::open(&dir.join("log"), options.fsync, |record| {
+                let batches = decode_batch(&record.header.table, &record.ipc)?;
+                // A record that no longer fits (a type conflict that raced
+                // it in) was refused when first sent; skip it again.
+                if let Err(e) = state.apply(&record.header.table, batches, store.as_ref()) {
+                    tracing::warn!("skipping a log record that does not apply: {e}");
+                }
+                state.remember(record.header.batch_id);
+                Ok(())
+            })?;
+            let rows: u64 = state.tables.values().map(Table::rows).sum();
+            let seconds = started.elapsed().as_secs_f64();
+            tracing::info!(
+                leaf = %options.id,
+                records = recovery.records,
+                rows,
+                bytes = recovery.bytes,
+                seconds,
+                rows_per_s = rows as f64 / seconds.max(1e-9),
+                "recovered from the disk log"
+            );
+            let startup = if recovery.records == 0 && refused_segment.is_none() {
+                Startup::Empty
+            } else {
+                Startup::Recovered {
+                    recovery,
+                    rows,
+                    seconds,
+                    refused_segment,
+                }
+            };
+            (state, Some(log), startup)
+        } else {
+            (State::default(), None, Startup::Empty)
         };
         let config =
             SessionConfig::new().with_target_partitions(crate::fragment::LEAF_SCAN_PARTITIONS);
@@ -187,10 +306,85 @@ impl Leaf {
             options,
             state: RwLock::new(state),
             log,
+            store,
             accepting_writes: AtomicBool::new(true),
+            handed_off: AtomicBool::new(false),
+            exit: tokio::sync::Notify::new(),
             session: SessionContext::new_with_config(config),
         };
-        Ok((Arc::new(leaf), recovery))
+        Ok((Arc::new(leaf), startup))
+    }
+
+    /// Stops taking writes, seals every open block into shared memory and
+    /// leaves a valid hand-off segment for a successor. Reads go on being
+    /// served until the process exits.
+    pub fn handoff(&self) -> Result<HandoffSummary> {
+        let (Some(store), Some(dir)) = (&self.store, &self.options.shm_dir) else {
+            return Err(LeafError::Internal(
+                "this leaf keeps no shared memory to hand off".into(),
+            ));
+        };
+        self.accepting_writes.store(false, Ordering::SeqCst);
+        // The write lock waits for every ingest in flight to finish.
+        let mut state = self.state.write().expect("leaf state poisoned");
+        for t in state.tables.values_mut() {
+            t.seal(Some(store))?;
+        }
+        let log_len_bytes = match &self.log {
+            Some(log) => {
+                log.sync_to(log.len_bytes())?;
+                log.len_bytes()
+            }
+            None => 0,
+        };
+        let mut tables = state
+            .tables
+            .values()
+            .map(Table::manifest)
+            .collect::<Result<Vec<_>>>()?;
+        tables.sort_by(|a, b| a.name.cmp(&b.name));
+        let manifest = Manifest {
+            leaf: self.options.id.clone(),
+            tables,
+            batch_ids: state.batch_order.iter().copied().collect(),
+            log_len_bytes,
+            next_block_seq: store.next_seq(),
+        };
+        handoff::write(dir, &manifest)?;
+        self.handed_off.store(true, Ordering::SeqCst);
+        let summary = HandoffSummary {
+            rows: state.tables.values().map(Table::rows).sum(),
+            blocks: manifest.tables.iter().map(|t| t.blocks.len()).sum(),
+            bytes: manifest
+                .tables
+                .iter()
+                .flat_map(|t| &t.blocks)
+                .map(|b| b.len_bytes)
+                .sum(),
+        };
+        tracing::info!(leaf = %self.options.id, rows = summary.rows, blocks = summary.blocks, bytes = summary.bytes, "handed off");
+        Ok(summary)
+    }
+
+    /// Asks the process serving this leaf to exit (after a hand-off).
+    pub fn request_exit(&self) {
+        self.exit.notify_one();
+    }
+
+    /// Resolves when [`Leaf::request_exit`] was called.
+    pub async fn exit_requested(&self) {
+        self.exit.notified().await;
+    }
+
+    /// On a normal stop (no hand-off), shared memory is freed: without a
+    /// segment nothing could adopt it, and the log holds every row.
+    pub fn release_shared_memory(&self) {
+        if self.handed_off.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Some(dir) = &self.options.shm_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -231,7 +425,7 @@ impl Leaf {
                     Some(log) => Some(log.append(table, batch_id, ipc)?),
                     None => None,
                 };
-                let rows = state.apply(table, batches)?;
+                let rows = state.apply(table, batches, self.store.as_ref())?;
                 state.remember(batch_id);
                 (rows, log_end, false)
             }
@@ -335,5 +529,68 @@ impl ScanSource for LeafScan {
         let batches = t.scan(schema)?;
         *self.rows_seen.lock().expect("poisoned") = Some(t.rows());
         Ok(batches)
+    }
+}
+
+/// Maps and checks every block a manifest lists, and the disk log's length.
+fn adopt(
+    options: &LeafOptions,
+    dir: &std::path::Path,
+    manifest: &Manifest,
+) -> Result<(State, Log)> {
+    if manifest.leaf != options.id {
+        return Err(LeafError::Internal(format!(
+            "the segment belongs to leaf `{}`, not `{}`",
+            manifest.leaf, options.id
+        )));
+    }
+    let Some(data_dir) = &options.data_dir else {
+        return Err(LeafError::Internal(
+            "adopting needs the disk log beside the segment".into(),
+        ));
+    };
+    let log = Log::open_without_replay(&data_dir.join("log"), options.fsync)?;
+    if log.len_bytes() != manifest.log_len_bytes {
+        return Err(LeafError::Internal(format!(
+            "the disk log holds {} bytes but the segment was made at {} bytes",
+            log.len_bytes(),
+            manifest.log_len_bytes
+        )));
+    }
+    let mut state = State::default();
+    for tm in &manifest.tables {
+        let table = Table::adopt(tm, dir)?;
+        state.tables.insert(tm.name.clone(), table);
+    }
+    for id in &manifest.batch_ids {
+        state.remember(*id);
+    }
+    Ok((state, log))
+}
+
+/// Removes block files a manifest does not list (left by a crash).
+fn remove_unlisted(dir: &std::path::Path, manifest: &Manifest) {
+    let listed: HashSet<&str> = manifest
+        .tables
+        .iter()
+        .flat_map(|t| &t.blocks)
+        .map(|b| b.name.as_str())
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if !listed.contains(name.to_string_lossy().as_ref()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Empties the shared-memory folder (stale blocks, a refused segment).
+fn clear_dir(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }

@@ -21,11 +21,13 @@
 
 pub mod error;
 pub mod fragment;
+pub mod handoff;
 pub mod leaf;
 pub mod log;
 pub mod net;
 pub mod server;
+pub mod shm;
 pub mod table;
 
 pub use error::{LeafError, Result};
-pub use leaf::{Leaf, LeafOptions};
+pub use leaf::{HandoffSummary, Leaf, LeafOptions, Startup};

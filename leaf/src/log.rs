@@ -50,7 +50,7 @@ pub struct Record {
 }
 
 /// What recovery found.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovery {
     pub records: u64,
     pub bytes: u64,
@@ -108,6 +108,29 @@ impl Log {
             },
             recovery,
         ))
+    }
+
+    /// Opens the log for appending without replaying it: the caller already
+    /// holds its rows (adopted from a hand-off segment).
+    pub fn open_without_replay(dir: &Path, policy: FsyncPolicy) -> Result<Log> {
+        std::fs::create_dir_all(dir).map_err(|e| log_err(dir, e))?;
+        let path = dir.join("batches.log");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| log_err(&path, e))?;
+        let sync_file = file.try_clone().map_err(|e| log_err(&path, e))?;
+        let end = file.seek(SeekFrom::End(0)).map_err(|e| log_err(&path, e))?;
+        Ok(Log {
+            path,
+            file: Mutex::new(file),
+            sync_file,
+            written_bytes: AtomicU64::new(end),
+            synced_bytes: Mutex::new(end),
+            policy,
+        })
     }
 
     /// Appends one batch; returns the log offset to pass to [`Log::sync_to`].

@@ -94,6 +94,27 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
         Request::LeafStats => {
             write_frame(&mut send, &Response::Stats(leaf.stats())).await?;
         }
+        Request::Handoff => {
+            let leaf2 = Arc::clone(&leaf);
+            let outcome = tokio::task::spawn_blocking(move || leaf2.handoff())
+                .await
+                .map_err(|e| LeafError::Internal(format!("hand-off task: {e}")))?;
+            match outcome {
+                Ok(s) => {
+                    let reply = Response::HandoffDone {
+                        rows: s.rows,
+                        blocks: s.blocks as u64,
+                        bytes: s.bytes,
+                    };
+                    write_frame(&mut send, &reply).await?;
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                    leaf.request_exit();
+                    return Ok(());
+                }
+                Err(e) => write_frame(&mut send, &Response::Error(e.to_wire())).await?,
+            }
+        }
         other => {
             let e = WireError {
                 kind: ErrorKind::BadRequest,
@@ -118,6 +139,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::ClusterStatus => "ClusterStatus",
         Request::TableSchema { .. } => "TableSchema",
         Request::Refresh => "Refresh",
+        Request::LeafRestarting { .. } => "LeafRestarting",
     }
 }
 

@@ -12,29 +12,85 @@
 //! a column the block lacks reads as NULL, an int64 column asked as float64
 //! is cast. Any other difference means the asker's schema is stale.
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{new_null_array, ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use scuba::limits::{BLOCK_ROWS_MAX, TABLE_COLUMNS_MAX};
 use scuba::schema::unify_schemas;
 
 use crate::error::{LeafError, Result};
+use crate::handoff::TableManifest;
+use crate::shm::{map_block, write_block, BlockFile};
 
-/// A sealed, immutable run of rows.
+/// Bytes a batch's rows occupy (its slices, not the buffers they share:
+/// batches decoded from IPC slice one message buffer).
+pub fn batch_bytes(batch: &RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size()) as u64
+        })
+        .sum()
+}
+
+/// Where sealed blocks live: files in a shared-memory folder, named by a
+/// leaf-wide sequence number.
+#[derive(Debug)]
+pub struct BlockStore {
+    dir: PathBuf,
+    next_seq: AtomicU64,
+}
+
+impl BlockStore {
+    pub fn new(dir: PathBuf, next_seq: u64) -> Self {
+        BlockStore {
+            dir,
+            next_seq: AtomicU64::new(next_seq),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::SeqCst)
+    }
+
+    fn write(&self, batch: &RecordBatch) -> Result<Block> {
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        let (batch, file) = write_block(&self.dir, &format!("b{seq:012}.arrow"), batch)?;
+        Ok(Block {
+            batch,
+            memory_bytes: file.len_bytes,
+            file: Some(file),
+        })
+    }
+}
+
+/// A sealed, immutable run of rows: on the heap, or mapped from a file in
+/// shared memory (`file`).
 #[derive(Debug, Clone)]
 pub struct Block {
     pub batch: RecordBatch,
     pub memory_bytes: u64,
+    pub file: Option<BlockFile>,
 }
 
 impl Block {
     pub fn new(batch: RecordBatch) -> Self {
-        let memory_bytes = batch.get_array_memory_size() as u64;
+        let memory_bytes = batch_bytes(&batch);
         Block {
             batch,
             memory_bytes,
+            file: None,
         }
     }
 }
@@ -105,21 +161,28 @@ impl Table {
         Ok(unified)
     }
 
-    /// Appends a batch already checked with [`Table::check`].
-    pub fn append(&mut self, batch: RecordBatch, unified: SchemaRef) -> Result<()> {
+    /// Appends a batch already checked with [`Table::check`]; seals the open
+    /// block into `store` (or the heap) once it is full.
+    pub fn append(
+        &mut self,
+        batch: RecordBatch,
+        unified: SchemaRef,
+        store: Option<&BlockStore>,
+    ) -> Result<()> {
         self.schema = unified;
         self.rows += batch.num_rows() as u64;
         self.open_rows += batch.num_rows();
-        self.open_bytes += batch.get_array_memory_size() as u64;
+        self.open_bytes += batch_bytes(&batch);
         self.open.push(batch);
         if self.open_rows >= BLOCK_ROWS_MAX {
-            self.seal()?;
+            self.seal(store)?;
         }
         Ok(())
     }
 
-    /// Seals the open batches into one block (nothing when empty).
-    pub fn seal(&mut self) -> Result<()> {
+    /// Seals the open batches into one block (nothing when empty), written
+    /// to shared memory when there is a `store`.
+    pub fn seal(&mut self, store: Option<&BlockStore>) -> Result<()> {
         if self.open.is_empty() {
             return Ok(());
         }
@@ -133,7 +196,10 @@ impl Table {
             .map(|b| adapt(b, &schema))
             .collect::<Result<Vec<_>>>()?;
         let batch = concat_batches(&schema, &adapted)?;
-        let block = Block::new(batch);
+        let block = match store {
+            Some(store) => store.write(&batch)?,
+            None => Block::new(batch),
+        };
         self.sealed_bytes += block.memory_bytes;
         self.sealed.push(Arc::new(block));
         self.open.clear();
@@ -142,13 +208,48 @@ impl Table {
         Ok(())
     }
 
-    /// Adds a block recovered or adopted from elsewhere.
-    pub fn push_block(&mut self, block: Block) -> Result<()> {
-        self.schema = unify_schemas(&self.name, &self.schema, block.batch.schema_ref())?;
-        self.rows += block.batch.num_rows() as u64;
-        self.sealed_bytes += block.memory_bytes;
-        self.sealed.push(Arc::new(block));
-        Ok(())
+    /// What a successor needs to adopt this table (call after sealing).
+    pub fn manifest(&self) -> Result<TableManifest> {
+        if !self.open.is_empty() {
+            return Err(LeafError::Internal(format!(
+                "table `{}` has an open block",
+                self.name
+            )));
+        }
+        let blocks = self
+            .sealed
+            .iter()
+            .map(|b| {
+                b.file
+                    .clone()
+                    .ok_or_else(|| LeafError::Internal("a heap block cannot be handed off".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TableManifest {
+            name: self.name.clone(),
+            schema_ipc: scuba::ipc::schema_to_ipc(&self.schema)?,
+            rows_expired: self.rows_expired,
+            blocks,
+        })
+    }
+
+    /// Rebuilds a table from a hand-off manifest, mapping and checking
+    /// every block (length, checksum, IPC layout) in `dir`.
+    pub fn adopt(manifest: &TableManifest, dir: &Path) -> Result<Table> {
+        let mut table = Table::new(&manifest.name);
+        table.schema = scuba::ipc::ipc_to_schema(&manifest.schema_ipc)?;
+        table.rows_expired = manifest.rows_expired;
+        for file in &manifest.blocks {
+            let batch = map_block(dir, file, true)?;
+            table.rows += batch.num_rows() as u64;
+            table.sealed_bytes += file.len_bytes;
+            table.sealed.push(Arc::new(Block {
+                batch,
+                memory_bytes: file.len_bytes,
+                file: Some(file.clone()),
+            }));
+        }
+        Ok(table)
     }
 
     /// Every row, adapted to `schema` (the table's schema as the asker knows
@@ -234,7 +335,7 @@ mod tests {
 
     fn append(t: &mut Table, b: RecordBatch) -> Result<()> {
         let unified = t.check(&b)?;
-        t.append(b, unified)
+        t.append(b, unified, None)
     }
 
     #[test]
@@ -264,7 +365,7 @@ mod tests {
             batch(vec![("x", Arc::new(Int64Array::from(vec![1])))]),
         )
         .unwrap();
-        t.seal().unwrap();
+        t.seal(None).unwrap();
         append(
             &mut t,
             batch(vec![("x", Arc::new(Float64Array::from(vec![2.5])))]),

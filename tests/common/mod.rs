@@ -51,7 +51,6 @@ impl TestCluster {
     pub fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let mut cmd = Command::new(scubactl());
         cmd.args(args).arg("--dir").arg(self.dir.path());
-        cmd.env("SCUBA_LOG", "warn");
         cmd.stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
