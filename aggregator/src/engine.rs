@@ -28,7 +28,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::TableType;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
@@ -43,6 +43,7 @@ use scuba::wire::{LeafStats, LeafStatus};
 use scuba_leaf::fragment::{encode_fragment, LeafScanExec};
 
 use crate::error::{AggError, Result};
+use crate::estimate::{self, LeafValues, Preparation};
 use crate::fanout::{FanOut, Outcome};
 use crate::transport::LeafTransport;
 
@@ -322,10 +323,13 @@ impl Aggregator {
         Ok(ctx)
     }
 
-    async fn plan(&self, sql: &str) -> Result<Arc<dyn ExecutionPlan>> {
+    /// The physical plan of `sql`, and its logical plan as the SQL planner
+    /// made it (before optimization; [`estimate`] reads its columns).
+    async fn plan(&self, sql: &str) -> Result<(Arc<dyn ExecutionPlan>, LogicalPlan)> {
         let ctx = self.session()?;
         let df = ctx.sql(sql).await?;
-        Ok(df.create_physical_plan().await?)
+        let logical = df.logical_plan().clone();
+        Ok((df.create_physical_plan().await?, logical))
     }
 
     /// Runs `sql` across the cluster. Never waits past the deadline; missing
@@ -338,7 +342,7 @@ impl Aggregator {
             .unwrap_or(self.defaults.timeout_ms)
             .clamp(1, QUERY_TIMEOUT_MS_MAX);
         let min_coverage = options.min_coverage.unwrap_or(self.defaults.min_coverage);
-        let plan = match self.plan(sql).await {
+        let (plan, logical) = match self.plan(sql).await {
             Ok(p) => p,
             Err(AggError::Sql(first)) => {
                 // Perhaps a table or column the cache has not seen yet.
@@ -350,7 +354,15 @@ impl Aggregator {
             }
             Err(e) => return Err(e),
         };
-        let mut answer = self.run(plan.clone(), started, timeout_ms).await?;
+        let mut answer = self
+            .run(
+                plan.clone(),
+                &logical,
+                started,
+                timeout_ms,
+                options.estimate,
+            )
+            .await?;
         if answer
             .coverage
             .missing
@@ -358,8 +370,10 @@ impl Aggregator {
             .any(|m| matches!(&m.reason, MissingReason::Error(e) if e.contains("stale schema")))
         {
             self.refresh().await;
-            let plan = self.plan(sql).await?;
-            answer = self.run(plan, started, timeout_ms).await?;
+            let (plan, logical) = self.plan(sql).await?;
+            answer = self
+                .run(plan, &logical, started, timeout_ms, options.estimate)
+                .await?;
         }
         if answer.coverage.coverage < min_coverage {
             return Err(AggError::CoverageTooLow {
@@ -370,11 +384,15 @@ impl Aggregator {
         Ok(answer)
     }
 
+    /// Runs `plan` across the leaves; with `estimate`, a partial answer's
+    /// COUNT and SUM columns are scaled ([`estimate`]).
     async fn run(
         &self,
         plan: Arc<dyn ExecutionPlan>,
+        logical: &LogicalPlan,
         started: Instant,
         timeout_ms: u64,
+        estimate: bool,
     ) -> Result<QueryAnswer> {
         let mut fragments = Vec::new();
         let plan = cut(plan, &mut fragments)?;
@@ -385,6 +403,8 @@ impl Aggregator {
 
         let mut per_leaf: Vec<Vec<Vec<RecordBatch>>> =
             vec![vec![Vec::new(); fragments.len()]; leaves];
+        // Rows each leaf that answered held for the queried tables.
+        let mut answered_rows: Vec<Option<u64>> = vec![None; leaves];
         let coverage = if fragments.is_empty() {
             Coverage::compute(&vec![0; leaves], vec![])
         } else {
@@ -472,8 +492,11 @@ impl Aggregator {
                 }
             }
             for (leaf, batches) in per_leaf.iter_mut().enumerate() {
-                if !matches!(fan.outcome(leaf), Some(Outcome::Answered { .. })) {
-                    batches.iter_mut().for_each(Vec::clear);
+                match fan.outcome(leaf) {
+                    Some(Outcome::Answered { table_rows }) => {
+                        answered_rows[leaf] = Some(*table_rows)
+                    }
+                    _ => batches.iter_mut().for_each(Vec::clear),
                 }
             }
             let mut coverage = fan.coverage(&self.ids, &last_rows);
@@ -497,30 +520,127 @@ impl Aggregator {
             coverage
         };
 
-        let plan = if fragments.is_empty() {
-            plan
+        let merge = if fragments.is_empty() {
+            Arc::clone(&plan)
         } else {
-            let sources: Vec<Arc<dyn ExecutionPlan>> = fragments
-                .iter()
-                .enumerate()
-                .map(|(k, f)| {
-                    let partitions: Vec<Vec<RecordBatch>> =
-                        per_leaf.iter().map(|l| l[k].clone()).collect();
-                    let exec: Arc<dyn ExecutionPlan> =
-                        MemorySourceConfig::try_new_exec(&partitions, f.plan.schema(), None)?;
-                    Ok(exec)
-                })
-                .collect::<DfResult<_>>()?;
-            splice(plan, &sources)?
+            splice(Arc::clone(&plan), &sources(&fragments, &per_leaf, None)?)?
         };
         let ctx = SessionContext::new();
-        let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx()).await?;
-        Ok(QueryAnswer {
+        let batches = datafusion::physical_plan::collect(merge, ctx.task_ctx()).await?;
+        let mut answer = QueryAnswer {
             schema,
             batches,
             coverage,
             notes: Vec::new(),
+        };
+        if estimate {
+            apply_estimate(
+                &mut answer,
+                logical,
+                &plan,
+                &fragments,
+                &per_leaf,
+                &answered_rows,
+            )
+            .await;
+        }
+        Ok(answer)
+    }
+}
+
+/// One memory source per fragment with one partition per leaf: every
+/// leaf's batches, or with `only` that leaf's alone (the others empty).
+fn sources(
+    fragments: &[Fragment],
+    per_leaf: &[Vec<Vec<RecordBatch>>],
+    only: Option<usize>,
+) -> DfResult<Vec<Arc<dyn ExecutionPlan>>> {
+    fragments
+        .iter()
+        .enumerate()
+        .map(|(k, f)| {
+            let partitions: Vec<Vec<RecordBatch>> = per_leaf
+                .iter()
+                .enumerate()
+                .map(|(leaf, l)| {
+                    if only.is_none_or(|o| o == leaf) {
+                        l[k].clone()
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect::<Vec<_>>();
+            // The scan was planned with at least two partitions (see
+            // `ClusterTable::scan`); those past the last leaf stay empty.
+            let mut partitions = partitions;
+            let planned =
+                datafusion::physical_plan::ExecutionPlanProperties::output_partitioning(&f.plan)
+                    .partition_count();
+            partitions.resize(planned.max(partitions.len()), Vec::new());
+            let exec: Arc<dyn ExecutionPlan> =
+                MemorySourceConfig::try_new_exec(&partitions, f.plan.schema(), None)?;
+            Ok(exec)
         })
+        .collect()
+}
+
+/// Each answering leaf's share of the answer: the merge plan `cut` (its
+/// limits removed) over that leaf's partitions alone.
+async fn leaf_shares(
+    cut: &Arc<dyn ExecutionPlan>,
+    fragments: &[Fragment],
+    per_leaf: &[Vec<Vec<RecordBatch>>],
+    answered_rows: &[Option<u64>],
+) -> DfResult<Vec<LeafValues>> {
+    let cut = estimate::without_limits(Arc::clone(cut))?;
+    let mut shares = Vec::new();
+    for (leaf, rows) in answered_rows.iter().enumerate() {
+        let Some(rows) = *rows else { continue };
+        let plan = splice(Arc::clone(&cut), &sources(fragments, per_leaf, Some(leaf))?)?;
+        let batches =
+            datafusion::physical_plan::collect(plan, SessionContext::new().task_ctx()).await?;
+        shares.push(LeafValues { rows, batches });
+    }
+    Ok(shares)
+}
+
+/// Scales a partial answer's COUNT and SUM columns (see [`estimate`]):
+/// runs the merge plan `cut` once per answering leaf with only that leaf's
+/// partitions. Never fails the query: what could not be estimated is left
+/// as it is and said in a note.
+async fn apply_estimate(
+    answer: &mut QueryAnswer,
+    logical: &LogicalPlan,
+    cut: &Arc<dyn ExecutionPlan>,
+    fragments: &[Fragment],
+    per_leaf: &[Vec<Vec<RecordBatch>>],
+    answered_rows: &[Option<u64>],
+) {
+    let estimator =
+        match estimate::prepare(logical, &answer.schema, &answer.coverage, fragments.len()) {
+            Preparation::Unchanged(notes) => {
+                answer.notes.extend(notes);
+                return;
+            }
+            Preparation::Scale(e) => e,
+        };
+    let outcome = leaf_shares(cut, fragments, per_leaf, answered_rows)
+        .await
+        .map_err(|e| format!("could not run the query per leaf: {e}"))
+        .and_then(|shares| {
+            estimator
+                .apply(&answer.schema, &answer.batches, &shares)
+                .map_err(|e| e.to_string())
+        });
+    match outcome {
+        Ok(e) => {
+            answer.schema = e.schema;
+            answer.batches = e.batches;
+            answer.notes.extend(e.notes);
+        }
+        Err(why) => answer
+            .notes
+            .push(format!("estimate: {why}; the answer is not scaled")),
     }
 }
 
@@ -733,6 +853,14 @@ impl TableProvider for ClusterTable {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => Arc::clone(&self.schema),
         };
-        Ok(Arc::new(LeafScanExec::new(&self.name, schema, self.leaves)))
+        // At least two partitions, so DataFusion always puts an exchange
+        // above the partition-local part: with one, a final aggregate (or
+        // any single-partition step) would fall into the fragment and run
+        // once per leaf-local partition.
+        Ok(Arc::new(LeafScanExec::new(
+            &self.name,
+            schema,
+            self.leaves.max(2),
+        )))
     }
 }

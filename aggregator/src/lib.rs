@@ -15,12 +15,14 @@
 //!
 //! [`config`] reads the cluster file, [`certs`] makes its CA and node
 //! certificates. [`embedded::Database`] is the whole thing in one process.
+//! [`estimate`] scales COUNT and SUM of a partial answer when asked to.
 
 pub mod certs;
 pub mod config;
 pub mod embedded;
 pub mod engine;
 pub mod error;
+pub mod estimate;
 pub mod fanout;
 pub mod ingest;
 pub mod placement;
