@@ -93,6 +93,9 @@ pub enum Request {
     LeafStats,
     /// Leaf: stop taking writes, seal, hand memory to a successor, exit.
     Handoff,
+    /// Leaf: which of these batches have you applied? Asked by a peer that
+    /// recovered them from its log after dying before acknowledging them.
+    HeldBatches { ids: Vec<BatchId> },
     /// Aggregator: run SQL across the cluster.
     Query(QueryRequest),
     /// Aggregator: each leaf's state.
@@ -212,6 +215,8 @@ pub enum Response {
     Stats(LeafStats),
     Status(Vec<LeafStatus>),
     Schema(Option<Vec<u8>>),
+    /// The asked batches this leaf has applied.
+    HeldBatches(Vec<BatchId>),
     /// The leaf sealed everything into a valid hand-off segment.
     HandoffDone {
         rows: u64,

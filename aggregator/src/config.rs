@@ -48,11 +48,17 @@ pub struct LeafConfig {
     /// under /dev/shm by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shm_dir: Option<PathBuf>,
+    /// Size at which the leaf's disk log starts a new segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_segment_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterConfig {
     pub tls_dir: PathBuf,
+    /// Maximum age of rows by table (`"*"` for all), e.g. `events = "30d"`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub retention: std::collections::BTreeMap<String, String>,
     pub aggregator: AggregatorConfig,
     pub leaves: Vec<LeafConfig>,
     /// The folder relative paths are taken from (the cluster file's).
@@ -96,10 +102,25 @@ impl ClusterConfig {
                 return Err(format!("leaf id `{}` appears twice", leaf.id));
             }
         }
+        self.retention_s()?;
         if !(0.0..=1.0).contains(&self.aggregator.min_coverage) {
             return Err("aggregator.min_coverage must be between 0 and 1".into());
         }
         Ok(())
+    }
+
+    /// Retention in seconds by table.
+    pub fn retention_s(
+        &self,
+    ) -> std::result::Result<std::collections::HashMap<String, u64>, String> {
+        self.retention
+            .iter()
+            .map(|(t, d)| {
+                parse_duration_s(d)
+                    .map(|s| (t.clone(), s))
+                    .map_err(|e| format!("retention for `{t}`: {e}"))
+            })
+            .collect()
     }
 
     pub fn resolve(&self, p: &Path) -> PathBuf {
@@ -124,5 +145,44 @@ impl ClusterConfig {
             Some(d) => self.resolve(d),
             None => scuba_leaf::leaf::default_shm_dir(&leaf.id, &self.resolve(&leaf.data_dir)),
         }
+    }
+}
+
+/// Parses `30d`, `12h`, `90m`, `45s` or a plain number of seconds.
+pub fn parse_duration_s(text: &str) -> std::result::Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 30d, 12h, 90m or 45s"))?;
+    let unit_s = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use s, m, h or d)"
+            ))
+        }
+    };
+    n.checked_mul(unit_s)
+        .ok_or_else(|| format!("`{text}` is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_nonsense() {
+        assert_eq!(parse_duration_s("30d"), Ok(30 * 86_400));
+        assert_eq!(parse_duration_s("90m"), Ok(5_400));
+        assert_eq!(parse_duration_s("45"), Ok(45));
+        assert!(parse_duration_s("soon").is_err());
+        assert!(parse_duration_s("3w").unwrap_err().contains("unknown unit"));
     }
 }

@@ -158,6 +158,11 @@ impl QuicTransport {
         }
         *slot = None;
         let addr = self.leaves[leaf].1;
+        // A handshake sent to a closed port is lost and retried only after
+        // QUIC's timeouts; a refused probe says at once nobody is there.
+        if probe(addr).await == Liveness::Refused {
+            return Err(MissingReason::Unreachable);
+        }
         // A handshake that times out is a silent leaf (it may be stopped);
         // one that fails is an unreachable one.
         let conn = tokio::time::timeout(

@@ -82,7 +82,17 @@ fn is_zombie(pid: i32) -> bool {
 }
 
 /// Writes a new cluster file with free ports and certificates.
-fn create(dir: &Path, leaves: usize, memory_limit_bytes: Option<u64>) -> Result<ClusterConfig> {
+/// What `cluster up` writes into a new cluster file.
+#[derive(Debug, Clone, Default)]
+pub struct NewCluster {
+    pub memory_limit_bytes: Option<u64>,
+    pub log_segment_bytes: Option<u64>,
+    /// `TABLE=DURATION` pairs.
+    pub retention: Vec<(String, String)>,
+}
+
+fn create(dir: &Path, leaves: usize, new: &NewCluster) -> Result<ClusterConfig> {
+    let memory_limit_bytes = new.memory_limit_bytes;
     std::fs::create_dir_all(dir)?;
     let host = "127.0.0.1";
     let aggregator = AggregatorConfig {
@@ -98,11 +108,13 @@ fn create(dir: &Path, leaves: usize, memory_limit_bytes: Option<u64>) -> Result<
                 data_dir: PathBuf::from("leaves").join(format!("leaf-{i}")),
                 memory_limit_bytes,
                 shm_dir: None,
+                log_segment_bytes: new.log_segment_bytes,
             })
         })
         .collect::<Result<Vec<_>>>()?;
     let config = ClusterConfig {
         tls_dir: PathBuf::from("tls"),
+        retention: new.retention.iter().cloned().collect(),
         aggregator,
         leaves,
         base_dir: dir.to_path_buf(),
@@ -254,12 +266,7 @@ fn spawn(dir: &Path, name: &str, args: &[&str]) -> Result<()> {
 }
 
 /// Starts every process of the cluster in `dir` that is not running.
-pub async fn up(
-    dir: &Path,
-    leaves: usize,
-    memory_limit_bytes: Option<u64>,
-    fsync: &str,
-) -> Result<ClusterConfig> {
+pub async fn up(dir: &Path, leaves: usize, new: &NewCluster, fsync: &str) -> Result<ClusterConfig> {
     let file = dir.join(CLUSTER_FILE);
     let config = if file.exists() {
         let c = ClusterConfig::load(&file)?;
@@ -272,7 +279,7 @@ pub async fn up(
         }
         c
     } else {
-        create(dir, leaves, memory_limit_bytes)?
+        create(dir, leaves, new)?
     };
     let file_s = file.to_string_lossy().to_string();
     let mut started = Vec::new();
@@ -310,6 +317,23 @@ pub async fn up(
     Ok(config)
 }
 
+fn dir_of(config: &ClusterConfig) -> &Path {
+    &config.base_dir
+}
+
+/// Every leaf is up in the aggregator's eyes, and it has heard from the
+/// process now running for it (not a predecessor it still remembers).
+fn all_up(dir: &Path, status: &[scuba::wire::LeafStatus]) -> bool {
+    status.iter().all(|s| {
+        s.state == "up"
+            && match (running_pid(dir, &s.leaf), &s.stats) {
+                (Some(pid), Some(stats)) => stats.pid as i32 == pid,
+                (None, _) => true,
+                (Some(_), None) => false,
+            }
+    })
+}
+
 /// Waits until every leaf answers and the aggregator sees them all.
 async fn wait_ready(config: &ClusterConfig) -> Result<()> {
     let tls = TlsFiles::in_dir(&config.tls_dir(), "client");
@@ -336,7 +360,7 @@ async fn wait_ready(config: &ClusterConfig) -> Result<()> {
     loop {
         if let Ok(c) = &client {
             if let Ok(status) = c.status().await {
-                if status.iter().all(|s| s.state == "up") {
+                if all_up(dir_of(config), &status) {
                     return Ok(());
                 }
             }
@@ -355,7 +379,7 @@ async fn wait_aggregator(config: &ClusterConfig, deadline: Instant) -> Result<()
     loop {
         if let Ok(c) = crate::client::Client::connect_config(config).await {
             if let Ok(status) = c.status().await {
-                if status.iter().all(|s| s.state == "up") {
+                if all_up(dir_of(config), &status) {
                     return Ok(());
                 }
             }

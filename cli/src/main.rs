@@ -149,6 +149,13 @@ enum ClusterCommand {
         memory_limit: Option<u64>,
         #[arg(long, value_enum, default_value = "group")]
         fsync: Fsync,
+        /// Maximum age of a table's rows, as TABLE=DURATION (30d, 12h, 90m,
+        /// 45s; `*` for every table). Repeatable. Off by default.
+        #[arg(long, value_parser = parse_retention)]
+        retention: Vec<(String, String)>,
+        /// Size of a disk log segment, in bytes.
+        #[arg(long)]
+        log_segment_bytes: Option<u64>,
     },
     /// Stop every process of the cluster.
     Down,
@@ -359,8 +366,15 @@ async fn cluster_cmd(command: ClusterCommand, at: Where) -> Result<ExitCode> {
             leaves,
             memory_limit,
             fsync,
+            retention,
+            log_segment_bytes,
         } => {
-            let config = cluster::up(&dir, leaves, memory_limit, fsync.name()).await?;
+            let new = cluster::NewCluster {
+                memory_limit_bytes: memory_limit,
+                log_segment_bytes,
+                retention,
+            };
+            let config = cluster::up(&dir, leaves, &new, fsync.name()).await?;
             println!(
                 "cluster of {} leaves up; aggregator at {}; folder {}",
                 config.leaves.len(),
@@ -391,6 +405,14 @@ async fn cluster_cmd(command: ClusterCommand, at: Where) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_retention(text: &str) -> std::result::Result<(String, String), String> {
+    let (table, duration) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: expected TABLE=DURATION, e.g. events=30d"))?;
+    scuba_aggregator::config::parse_duration_s(duration)?;
+    Ok((table.to_string(), duration.to_string()))
 }
 
 fn status_json(status: &[scuba::wire::LeafStatus]) -> serde_json::Value {
@@ -443,7 +465,13 @@ fn print_status(status: &[scuba::wire::LeafStatus]) {
             .stats
             .iter()
             .flat_map(|x| x.tables.iter())
-            .map(|t| format!("{}={} rows", t.name, t.rows))
+            .map(|t| {
+                if t.rows_expired > 0 {
+                    format!("{}={} rows ({} expired)", t.name, t.rows, t.rows_expired)
+                } else {
+                    format!("{}={} rows", t.name, t.rows)
+                }
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let last = s
@@ -474,6 +502,10 @@ async fn leaf_serve(
         take_over(&config, &leaf_config, &tls).await?;
     }
     let options = LeafOptions {
+        retention_s: config.retention_s().map_err(|e| anyhow::anyhow!(e))?,
+        log_segment_bytes: leaf_config
+            .log_segment_bytes
+            .unwrap_or(scuba_leaf::log::SEGMENT_BYTES_MAX_DEFAULT),
         id: id.clone(),
         data_dir: Some(config.resolve(&leaf_config.data_dir)),
         memory_limit_bytes: memory_limit
@@ -483,12 +515,14 @@ async fn leaf_serve(
         shm_dir: Some(config.shm_dir(&leaf_config)),
     };
     let (leaf, startup) = Leaf::open(options)?;
+    settle_with_peers(&config, &leaf_config, &tls, &leaf).await?;
     match &startup {
         Startup::Recovered {
             recovery,
             rows,
             seconds,
             refused_segment,
+            ..
         } => {
             if let Some(why) = refused_segment {
                 tracing::warn!(leaf = %id, "did not adopt the hand-off segment: {why}");
@@ -510,6 +544,16 @@ async fn leaf_serve(
     }
     let endpoint = scuba_leaf::server::bind(leaf_config.addr, &tls)?;
     tracing::info!(leaf = %id, addr = %leaf_config.addr, "serving");
+    // Rows past their table's retention expire every second.
+    let expiring = Arc::clone(&leaf);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let leaf = Arc::clone(&expiring);
+            let _ = tokio::task::spawn_blocking(move || leaf.expire_by_age()).await;
+        }
+    });
     tokio::select! {
         _ = scuba_leaf::server::serve(Arc::clone(&leaf), endpoint.clone()) => {}
         _ = leaf.exit_requested() => tracing::info!(leaf = %id, "handed off; exiting"),
@@ -523,6 +567,57 @@ async fn leaf_serve(
     // is waiting for it.
     let _ = tokio::time::timeout(std::time::Duration::from_millis(20), endpoint.wait_idle()).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// After a crash, the batches logged just before it may have been retried
+/// on other leaves (this one died before acknowledging them). Wait until
+/// clients have had time to retry (the port is still closed, so they see
+/// this leaf as gone), ask every peer which of those batches it applied,
+/// and keep only the others: no batch is counted twice.
+async fn settle_with_peers(
+    config: &ClusterConfig,
+    me: &scuba_aggregator::config::LeafConfig,
+    tls: &TlsFiles,
+    leaf: &Arc<Leaf>,
+) -> Result<()> {
+    use scuba::wire::{Request, Response};
+    use std::collections::HashSet;
+    use std::time::Duration;
+    let (ids, newest_us) = leaf.held_back();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    let settle_at_us = newest_us.unwrap_or(0) + scuba_leaf::leaf::UNCERTAIN_WINDOW_MS * 1000;
+    if settle_at_us > now_us {
+        tokio::time::sleep(Duration::from_micros((settle_at_us - now_us) as u64)).await;
+    }
+    let endpoint = client_endpoint(tls)?;
+    let mut elsewhere: HashSet<scuba::wire::BatchId> = HashSet::new();
+    for peer in config.leaves.iter().filter(|l| l.id != me.id) {
+        let ask = async {
+            let conn = scuba_leaf::net::connect(&endpoint, peer.addr).await?;
+            let mut recv =
+                scuba_leaf::net::request(&conn, &Request::HeldBatches { ids: ids.clone() }).await?;
+            match scuba_leaf::net::read_frame::<Response>(&mut recv).await? {
+                Some(Response::HeldBatches(held)) => Ok(held),
+                other => Err(anyhow::anyhow!("unexpected reply {other:?}")),
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(2), ask).await {
+            Ok(Ok(held)) => elsewhere.extend(held),
+            Ok(Err(e)) => {
+                tracing::warn!(peer = %peer.id, "could not ask which batches it holds: {e:#}")
+            }
+            Err(_) => tracing::warn!(peer = %peer.id, "did not say which batches it holds in time"),
+        }
+    }
+    let (applied, dropped) = leaf.settle(&elsewhere)?;
+    tracing::info!(leaf = %me.id, applied, dropped, "settled the batches logged just before the crash");
+    Ok(())
 }
 
 /// Asks the leaf running at our address to hand its memory over, and waits

@@ -80,12 +80,22 @@ impl Header {
     }
 }
 
+/// A sealed block as a successor adopts it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BlockMeta {
+    pub file: BlockFile,
+    /// Log records its rows came from: (segment, records).
+    pub segments: Vec<(u64, u64)>,
+    pub time_min_us: Option<i64>,
+    pub time_max_us: Option<i64>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TableManifest {
     pub name: String,
     pub schema_ipc: Vec<u8>,
     pub rows_expired: u64,
-    pub blocks: Vec<BlockFile>,
+    pub blocks: Vec<BlockMeta>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -94,8 +104,9 @@ pub struct Manifest {
     pub tables: Vec<TableManifest>,
     /// Batch ids the leaf remembers, oldest first, so retries stay idempotent.
     pub batch_ids: Vec<BatchId>,
-    /// The disk log's length at hand-off: the successor's log must match.
-    pub log_len_bytes: u64,
+    /// The disk log's segments and lengths at hand-off: the successor's log
+    /// must match.
+    pub log_segments: Vec<(u64, u64)>,
     pub next_block_seq: u64,
 }
 
@@ -183,7 +194,7 @@ mod tests {
             leaf: "leaf-0".into(),
             tables: vec![],
             batch_ids: vec![BatchId { session: 1, seq: 2 }],
-            log_len_bytes: 99,
+            log_segments: vec![(1, 99)],
             next_block_seq: 3,
         }
     }

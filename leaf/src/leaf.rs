@@ -23,7 +23,7 @@ use crate::error::{LeafError, Result};
 use crate::fragment::{decode_fragment, ScanSource};
 use crate::handoff::{self, Manifest};
 use crate::log::{FsyncPolicy, Log, Recovery};
-use crate::table::{BlockStore, Table};
+use crate::table::{BlockStore, Expired, Table};
 
 /// How a leaf runs.
 #[derive(Debug, Clone)]
@@ -36,6 +36,11 @@ pub struct LeafOptions {
     /// Where sealed blocks live in shared memory (and a hand-off segment is
     /// left for a successor); `None` keeps them on the heap.
     pub shm_dir: Option<PathBuf>,
+    /// Maximum age of rows, in seconds, by table (`*` for every table
+    /// without its own). Off by default: historical loads are common.
+    pub retention_s: HashMap<String, u64>,
+    /// Size at which the disk log moves on to a new segment.
+    pub log_segment_bytes: u64,
 }
 
 impl LeafOptions {
@@ -47,6 +52,8 @@ impl LeafOptions {
             memory_limit_bytes: default_memory_limit_bytes(),
             fsync: FsyncPolicy::Never,
             shm_dir: None,
+            retention_s: HashMap::new(),
+            log_segment_bytes: crate::log::SEGMENT_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -84,6 +91,9 @@ pub enum Startup {
         seconds: f64,
         /// Why a hand-off segment was refused, if there was one.
         refused_segment: Option<String>,
+        /// Records from just before the crash, held back until
+        /// [`Leaf::settle`].
+        held_back: usize,
     },
 }
 
@@ -142,12 +152,53 @@ impl State {
         self.tables.values().map(Table::memory_bytes).sum()
     }
 
-    /// Checks and applies one decoded batch; nothing changes on error.
+    /// Expires the oldest sealed blocks (by their newest row, across
+    /// tables) until `incoming_bytes` more fit under `limit_bytes`. False
+    /// when they cannot: nothing sealed is left to expire.
+    fn make_room(&mut self, incoming_bytes: u64, limit_bytes: u64, expired: &mut Expired) -> bool {
+        while self.memory_bytes() + incoming_bytes > limit_bytes {
+            let oldest = self
+                .tables
+                .iter()
+                .filter_map(|(name, t)| t.oldest_block_time().map(|time| (time, name.clone())))
+                .min();
+            let Some((_, name)) = oldest else {
+                return false;
+            };
+            let e = self
+                .tables
+                .get_mut(&name)
+                .expect("listed above")
+                .expire_oldest_block();
+            merge_expired(expired, e);
+        }
+        true
+    }
+
+    /// Expires rows past each table's retention, as of `now_us`.
+    fn expire_by_age(
+        &mut self,
+        retention_s: &HashMap<String, u64>,
+        now_us: i64,
+        expired: &mut Expired,
+    ) {
+        for (name, t) in self.tables.iter_mut() {
+            if let Some(cutoff) = cutoff_us(retention_s, name, now_us) {
+                merge_expired(expired, t.expire_before(cutoff));
+            }
+        }
+    }
+
+    /// Checks and applies one decoded batch (logged in `segment`); nothing
+    /// changes on error. What sealing expired is added to `expired`.
     fn apply(
         &mut self,
         table: &str,
         batches: Vec<RecordBatch>,
         store: Option<&BlockStore>,
+        segment: Option<u64>,
+        cutoff_us: Option<i64>,
+        expired: &mut Expired,
     ) -> Result<u64> {
         if !self.tables.contains_key(table) && self.tables.len() >= LEAF_TABLES_MAX {
             return Err(LeafError::TooManyTables {
@@ -159,10 +210,14 @@ impl State {
             .entry(table.to_string())
             .or_insert_with(|| Table::new(table));
         let mut rows = 0;
-        for batch in batches {
+        let n = batches.len();
+        for (i, batch) in batches.into_iter().enumerate() {
             let unified = t.check(&batch)?;
             rows += batch.num_rows() as u64;
-            t.append(batch, unified, store)?;
+            // One log record per ingest: counted once, with its last batch.
+            let seg = if i + 1 == n { segment } else { None };
+            let e = t.append(batch, unified, store, seg, cutoff_us)?;
+            merge_expired(expired, e);
         }
         Ok(rows)
     }
@@ -177,7 +232,17 @@ pub struct Leaf {
     handed_off: AtomicBool,
     exit: tokio::sync::Notify,
     session: SessionContext,
+    /// Records from the last moments before a crash, held back until peers
+    /// say which of them a client already placed elsewhere (see
+    /// [`Leaf::settle`]).
+    pending: std::sync::Mutex<Vec<crate::log::Record>>,
 }
+
+/// Records logged within this long of a crash may not have been
+/// acknowledged; their batches may have been retried on another leaf.
+pub const UNCERTAIN_WINDOW_MS: i64 = 2_000;
+/// At most this many records are held back for the peer check.
+pub const UNCERTAIN_RECORDS_MAX: usize = 1_024;
 
 impl std::fmt::Debug for Leaf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -242,14 +307,14 @@ impl Leaf {
             )
         });
 
-        let (state, log, startup) = if let Some((state, manifest, log)) = adopted {
+        let (state, log, startup, pending) = if let Some((state, manifest, log)) = adopted {
             let rows = state.tables.values().map(Table::rows).sum();
             let blocks = manifest.tables.iter().map(|t| t.blocks.len()).sum();
             let bytes = manifest
                 .tables
                 .iter()
                 .flat_map(|t| &t.blocks)
-                .map(|b| b.len_bytes)
+                .map(|b| b.file.len_bytes)
                 .sum();
             let seconds = started.elapsed().as_secs_f64();
             tracing::info!(leaf = %options.id, rows, blocks, bytes, seconds, "adopted the hand-off segment in place");
@@ -262,19 +327,57 @@ impl Leaf {
                     bytes,
                     seconds,
                 },
+                Vec::new(),
             )
         } else if let Some(dir) = &options.data_dir {
             let mut state = State::default();
-            let (log, recovery) = Log::open(&dir.join("log"), options.fsync, |record| {
-                let batches = decode_batch(&record.header.table, &record.ipc)?;
-                // A record that no longer fits (a type conflict that raced
-                // it in) was refused when first sent; skip it again.
-                if let Err(e) = state.apply(&record.header.table, batches, store.as_ref()) {
-                    tracing::warn!("skipping a log record that does not apply: {e}");
+            let mut expired = Expired::default();
+            let now = now_us();
+            let mut held: std::collections::VecDeque<crate::log::Record> =
+                std::collections::VecDeque::new();
+            let tombstones = crate::log::load_tombstones(&dir.join("log"))?;
+            let (log, recovery) = Log::open(
+                &dir.join("log"),
+                options.fsync,
+                options.log_segment_bytes,
+                |record| {
+                    // A batch another leaf took over after this one died.
+                    if tombstones.contains(&record.header.batch_id) {
+                        expired.segments.push((record.segment, 1));
+                        state.remember(record.header.batch_id);
+                        return Ok(());
+                    }
+                    // Hold back the newest records until the window ends at the
+                    // last one; apply older ones as they leave the window.
+                    let newest = record.header.time_us;
+                    held.push_back(record);
+                    while let Some(front) = held.front() {
+                        let outside = newest - front.header.time_us > UNCERTAIN_WINDOW_MS * 1000;
+                        if !outside && held.len() <= UNCERTAIN_RECORDS_MAX {
+                            break;
+                        }
+                        let record = held.pop_front().expect("non-empty");
+                        replay_record(
+                            &mut state,
+                            &options,
+                            store.as_ref(),
+                            record,
+                            now,
+                            &mut expired,
+                        )?;
+                    }
+                    Ok(())
+                },
+            )?;
+            let pending: Vec<crate::log::Record> = held.into_iter().collect();
+            for (segment, records) in std::mem::take(&mut expired.segments) {
+                log.release(segment, records);
+            }
+            for name in expired.files {
+                if let Some(dir) = &options.shm_dir {
+                    let _ = std::fs::remove_file(dir.join(name));
                 }
-                state.remember(record.header.batch_id);
-                Ok(())
-            })?;
+            }
             let rows: u64 = state.tables.values().map(Table::rows).sum();
             let seconds = started.elapsed().as_secs_f64();
             tracing::info!(
@@ -294,11 +397,12 @@ impl Leaf {
                     rows,
                     seconds,
                     refused_segment,
+                    held_back: pending.len(),
                 }
             };
-            (state, Some(log), startup)
+            (state, Some(log), startup, pending)
         } else {
-            (State::default(), None, Startup::Empty)
+            (State::default(), None, Startup::Empty, Vec::new())
         };
         let config =
             SessionConfig::new().with_target_partitions(crate::fragment::LEAF_SCAN_PARTITIONS);
@@ -310,6 +414,7 @@ impl Leaf {
             accepting_writes: AtomicBool::new(true),
             handed_off: AtomicBool::new(false),
             exit: tokio::sync::Notify::new(),
+            pending: std::sync::Mutex::new(pending),
             session: SessionContext::new_with_config(config),
         };
         Ok((Arc::new(leaf), startup))
@@ -327,15 +432,22 @@ impl Leaf {
         self.accepting_writes.store(false, Ordering::SeqCst);
         // The write lock waits for every ingest in flight to finish.
         let mut state = self.state.write().expect("leaf state poisoned");
-        for t in state.tables.values_mut() {
-            t.seal(Some(store))?;
+        let mut expired = Expired::default();
+        for (name, t) in state.tables.iter_mut() {
+            let cutoff = cutoff_us(&self.options.retention_s, name, now_us());
+            merge_expired(&mut expired, t.seal(Some(store), cutoff)?);
         }
-        let log_len_bytes = match &self.log {
-            Some(log) => {
-                log.sync_to(log.len_bytes())?;
-                log.len_bytes()
+        if let Some(log) = &self.log {
+            for (segment, records) in std::mem::take(&mut expired.segments) {
+                log.release(segment, records);
             }
-            None => 0,
+        }
+        let log_segments = match &self.log {
+            Some(log) => {
+                log.sync_to(log.written_bytes())?;
+                log.segments()?
+            }
+            None => Vec::new(),
         };
         let mut tables = state
             .tables
@@ -347,7 +459,7 @@ impl Leaf {
             leaf: self.options.id.clone(),
             tables,
             batch_ids: state.batch_order.iter().copied().collect(),
-            log_len_bytes,
+            log_segments,
             next_block_seq: store.next_seq(),
         };
         handoff::write(dir, &manifest)?;
@@ -359,11 +471,79 @@ impl Leaf {
                 .tables
                 .iter()
                 .flat_map(|t| &t.blocks)
-                .map(|b| b.len_bytes)
+                .map(|b| b.file.len_bytes)
                 .sum(),
         };
         tracing::info!(leaf = %self.options.id, rows = summary.rows, blocks = summary.blocks, bytes = summary.bytes, "handed off");
         Ok(summary)
+    }
+
+    /// The batch ids recovery held back, and the log time (µs since the
+    /// epoch) of the newest: a client may have retried them on another leaf
+    /// after this one died without acknowledging.
+    pub fn held_back(&self) -> (Vec<BatchId>, Option<i64>) {
+        let pending = self.pending.lock().expect("poisoned");
+        (
+            pending.iter().map(|r| r.header.batch_id).collect(),
+            pending.iter().map(|r| r.header.time_us).max(),
+        )
+    }
+
+    /// Applies the held-back records, except the batches `elsewhere` (other
+    /// leaves that applied them): those are dropped, so no batch is counted
+    /// twice. Returns (applied, dropped).
+    pub fn settle(&self, elsewhere: &HashSet<BatchId>) -> Result<(usize, usize)> {
+        let pending = std::mem::take(&mut *self.pending.lock().expect("poisoned"));
+        // Durably first: a later recovery must not bring them back.
+        let gone: Vec<BatchId> = pending
+            .iter()
+            .map(|r| r.header.batch_id)
+            .filter(|id| elsewhere.contains(id))
+            .collect();
+        if let Some(log) = &self.log {
+            log.add_tombstones(&gone)?;
+        }
+        let mut expired = Expired::default();
+        let (mut applied, mut dropped) = (0, 0);
+        {
+            let mut state = self.state.write().expect("leaf state poisoned");
+            let now = now_us();
+            for record in pending {
+                if elsewhere.contains(&record.header.batch_id) {
+                    dropped += 1;
+                    expired.segments.push((record.segment, 1));
+                    state.remember(record.header.batch_id);
+                } else {
+                    applied += 1;
+                    replay_record(
+                        &mut state,
+                        &self.options,
+                        self.store.as_ref(),
+                        record,
+                        now,
+                        &mut expired,
+                    )?;
+                }
+            }
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                leaf = %self.options.id,
+                dropped,
+                "dropped batches that other leaves applied after this one died without acknowledging them"
+            );
+        }
+        self.release(expired);
+        Ok((applied, dropped))
+    }
+
+    /// Which of `ids` this leaf has applied (or remembers applying).
+    pub fn holds(&self, ids: &[BatchId]) -> Vec<BatchId> {
+        let state = self.state.read().expect("leaf state poisoned");
+        ids.iter()
+            .copied()
+            .filter(|id| state.batch_ids.contains(id))
+            .collect()
     }
 
     /// Asks the process serving this leaf to exit (after a hand-off).
@@ -400,42 +580,27 @@ impl Leaf {
             });
         }
         let batches = decode_batch(table, ipc)?;
-        let incoming_bytes: u64 = batches
-            .iter()
-            .map(|b| b.get_array_memory_size() as u64)
-            .sum();
-        let (rows, log_end, duplicate) = {
-            let mut state = self.state.write().expect("leaf state poisoned");
-            if state.batch_ids.contains(&batch_id) {
-                (0, None, true)
-            } else {
-                if state.memory_bytes() + incoming_bytes > self.options.memory_limit_bytes {
-                    return Err(LeafError::MemoryFull {
-                        leaf: self.options.id.clone(),
-                        limit_bytes: self.options.memory_limit_bytes,
-                    });
-                }
-                // Check before logging, so the log holds only batches that apply.
-                if let Some(t) = state.tables.get(table) {
-                    for b in &batches {
-                        t.check(b)?;
-                    }
-                }
-                let log_end = match &self.log {
-                    Some(log) => Some(log.append(table, batch_id, ipc)?),
-                    None => None,
-                };
-                let rows = state.apply(table, batches, self.store.as_ref())?;
-                state.remember(batch_id);
-                (rows, log_end, false)
-            }
-        };
+        let incoming_bytes: u64 = batches.iter().map(crate::table::batch_bytes).sum();
+        let cutoff = cutoff_us(&self.options.retention_s, table, now_us());
+        let mut expired = Expired::default();
+        let result = self.ingest_locked(
+            table,
+            batch_id,
+            ipc,
+            batches,
+            incoming_bytes,
+            cutoff,
+            &mut expired,
+        );
+        // Expired blocks are released even when the batch was refused.
+        self.release(expired);
+        let (rows, log_end, duplicate) = result?;
         if let (Some(log), Some(end)) = (&self.log, log_end) {
             log.sync_to(end)?;
         } else if duplicate {
             if let Some(log) = &self.log {
                 // The first copy may still be waiting for its fsync.
-                log.sync_to(log.len_bytes())?;
+                log.sync_to(log.written_bytes())?;
             }
         }
         Ok(IngestOutcome {
@@ -443,6 +608,87 @@ impl Leaf {
             duplicate,
             memory_free_bytes: self.memory_free_bytes(),
         })
+    }
+
+    /// The part of an ingest done under the write lock: dedup, make room,
+    /// check, log, apply. Returns (rows, log position, duplicate).
+    #[allow(clippy::too_many_arguments)]
+    fn ingest_locked(
+        &self,
+        table: &str,
+        batch_id: BatchId,
+        ipc: &[u8],
+        batches: Vec<RecordBatch>,
+        incoming_bytes: u64,
+        cutoff: Option<i64>,
+        expired: &mut Expired,
+    ) -> Result<(u64, Option<u64>, bool)> {
+        let mut state = self.state.write().expect("leaf state poisoned");
+        if state.batch_ids.contains(&batch_id) {
+            return Ok((0, None, true));
+        }
+        // Check before logging, so the log holds only batches that apply.
+        if let Some(t) = state.tables.get(table) {
+            for b in &batches {
+                t.check(b)?;
+            }
+        }
+        if !state.make_room(incoming_bytes, self.options.memory_limit_bytes, expired) {
+            return Err(LeafError::MemoryFull {
+                leaf: self.options.id.clone(),
+                limit_bytes: self.options.memory_limit_bytes,
+            });
+        }
+        let appended = match &self.log {
+            Some(log) => Some(log.append(table, batch_id, ipc)?),
+            None => None,
+        };
+        let rows = state.apply(
+            table,
+            batches,
+            self.store.as_ref(),
+            appended.map(|a| a.segment),
+            cutoff,
+            expired,
+        )?;
+        state.remember(batch_id);
+        Ok((rows, appended.map(|a| a.end), false))
+    }
+
+    /// Releases what expired: its log records, and its shared-memory files
+    /// (a scan still reading a block keeps its mapping until it ends).
+    fn release(&self, expired: Expired) {
+        if expired.blocks > 0 || expired.rows > 0 {
+            tracing::info!(leaf = %self.options.id, rows = expired.rows, blocks = expired.blocks, "expired");
+        }
+        if let Some(log) = &self.log {
+            for (segment, records) in expired.segments {
+                log.release(segment, records);
+            }
+        }
+        if let Some(store) = &self.store {
+            for name in expired.files {
+                let _ = std::fs::remove_file(store.dir().join(name));
+            }
+        }
+    }
+
+    /// Expires rows past their table's retention; called periodically.
+    pub fn expire_by_age(&self) {
+        if self.options.retention_s.is_empty() {
+            return;
+        }
+        let mut expired = Expired::default();
+        self.state
+            .write()
+            .expect("leaf state poisoned")
+            .expire_by_age(&self.options.retention_s, now_us(), &mut expired);
+        self.release(expired);
+    }
+
+    /// Bytes the disk log holds.
+    pub fn log_disk_bytes(&self) -> u64 {
+        self.log.as_ref().map_or(0, Log::disk_bytes)
     }
 
     pub fn memory_free_bytes(&self) -> u64 {
@@ -526,7 +772,8 @@ impl ScanSource for LeafScan {
             *self.rows_seen.lock().expect("poisoned") = Some(0);
             return Ok(Vec::new());
         };
-        let batches = t.scan(schema)?;
+        let cutoff = cutoff_us(&self.leaf.options.retention_s, table, now_us());
+        let batches = t.scan(schema, cutoff)?;
         *self.rows_seen.lock().expect("poisoned") = Some(t.rows());
         Ok(batches)
     }
@@ -549,19 +796,24 @@ fn adopt(
             "adopting needs the disk log beside the segment".into(),
         ));
     };
-    let log = Log::open_without_replay(&data_dir.join("log"), options.fsync)?;
-    if log.len_bytes() != manifest.log_len_bytes {
-        return Err(LeafError::Internal(format!(
-            "the disk log holds {} bytes but the segment was made at {} bytes",
-            log.len_bytes(),
-            manifest.log_len_bytes
-        )));
-    }
+    let log = Log::open_without_replay(
+        &data_dir.join("log"),
+        options.fsync,
+        options.log_segment_bytes,
+        &manifest.log_segments,
+    )?;
     let mut state = State::default();
+    let mut live = std::collections::BTreeMap::new();
     for tm in &manifest.tables {
         let table = Table::adopt(tm, dir)?;
+        for block in &tm.blocks {
+            for (segment, records) in &block.segments {
+                *live.entry(*segment).or_insert(0) += records;
+            }
+        }
         state.tables.insert(tm.name.clone(), table);
     }
+    log.set_live(&live);
     for id in &manifest.batch_ids {
         state.remember(*id);
     }
@@ -574,7 +826,7 @@ fn remove_unlisted(dir: &std::path::Path, manifest: &Manifest) {
         .tables
         .iter()
         .flat_map(|t| &t.blocks)
-        .map(|b| b.name.as_str())
+        .map(|b| b.file.name.as_str())
         .collect();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -593,4 +845,58 @@ fn clear_dir(dir: &std::path::Path) {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// The oldest time `table` keeps as of `now_us`, if it has a retention.
+fn cutoff_us(retention_s: &HashMap<String, u64>, table: &str, now_us: i64) -> Option<i64> {
+    retention_s
+        .get(table)
+        .or_else(|| retention_s.get("*"))
+        .map(|s| now_us.saturating_sub((*s as i64).saturating_mul(1_000_000)))
+}
+
+fn merge_expired(into: &mut Expired, e: Expired) {
+    into.rows += e.rows;
+    into.blocks += e.blocks;
+    into.segments.extend(e.segments);
+    into.files.extend(e.files);
+}
+
+/// Applies one recovered record by the rules of ingest: the budget expires
+/// the oldest blocks, rows past retention do not come back, and a record
+/// that no longer applies (a type conflict that raced it in, refused when
+/// first sent) is skipped again.
+fn replay_record(
+    state: &mut State,
+    options: &LeafOptions,
+    store: Option<&BlockStore>,
+    record: crate::log::Record,
+    now: i64,
+    expired: &mut Expired,
+) -> Result<()> {
+    let table = &record.header.table;
+    let batches = decode_batch(table, &record.ipc)?;
+    let incoming: u64 = batches.iter().map(crate::table::batch_bytes).sum();
+    let cutoff = cutoff_us(&options.retention_s, table, now);
+    let applied = if state.make_room(incoming, options.memory_limit_bytes, expired) {
+        state.apply(table, batches, store, Some(record.segment), cutoff, expired)
+    } else {
+        Err(LeafError::MemoryFull {
+            leaf: options.id.clone(),
+            limit_bytes: options.memory_limit_bytes,
+        })
+    };
+    if let Err(e) = applied {
+        tracing::warn!("skipping a log record that does not apply: {e}");
+        expired.segments.push((record.segment, 1));
+    }
+    state.remember(record.header.batch_id);
+    Ok(())
 }

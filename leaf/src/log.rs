@@ -2,22 +2,28 @@
 //! before it is acknowledged, and a restarted leaf rebuilds its tables from it.
 //!
 //! ```text
-//!  record := magic "SCLG" (4) | payload_len u32 (4) | crc32c(payload) u32 (4) | payload
-//!  payload := header_len u32 | bincode(RecordHeader{table, batch_id}) | Arrow IPC stream
+//!  log/000000000001.log, 000000000002.log, ...      segments, at most `segment_bytes_max` each
+//!  record  := magic "SCLG" (4) | payload_len u32 | crc32c(payload) u32 | payload
+//!  payload := header_len u32 | bincode(RecordHeader{table, batch_id, time_us}) | Arrow IPC stream
 //! ```
 //!
 //! Group commit: appends happen in order under the leaf's write lock (so the
 //! log's order is the apply order), fsync happens outside it; one fsync
 //! covers every record written before it started, so concurrent batches
-//! share it. Recovery stops at the first record whose magic, length or
-//! checksum is wrong (a torn tail from a crash), truncates the file there and
-//! says what it dropped.
+//! share it.
+//!
+//! Bounded disk: the leaf counts, per segment, the records whose rows are
+//! still held ([`Log::release`] when their block expires); a segment with
+//! none left is deleted. Recovery replays segments in order; a record whose
+//! magic, length or checksum is wrong (a torn tail from a crash) ends its
+//! segment there: the segment is truncated and the drop is reported.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use scuba::limits::FRAME_BYTES_MAX;
 use scuba::wire::BatchId;
@@ -27,6 +33,9 @@ use crate::error::{LeafError, Result};
 
 const MAGIC: [u8; 4] = *b"SCLG";
 const RECORD_PREFIX_BYTES: usize = 12;
+
+/// Default size at which the log moves on to a new segment.
+pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 << 20;
 
 /// When the log reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,12 +50,16 @@ pub enum FsyncPolicy {
 pub struct RecordHeader {
     pub table: String,
     pub batch_id: BatchId,
+    /// Wall clock when appended, microseconds since the epoch.
+    pub time_us: i64,
 }
 
 /// One recovered record.
 pub struct Record {
     pub header: RecordHeader,
     pub ipc: Vec<u8>,
+    /// The segment holding it.
+    pub segment: u64,
 }
 
 /// What recovery found.
@@ -54,17 +67,35 @@ pub struct Record {
 pub struct Recovery {
     pub records: u64,
     pub bytes: u64,
-    /// Why the tail was dropped, if it was.
+    pub segments: u64,
+    /// Why a torn tail was dropped, if one was.
     pub dropped_tail: Option<String>,
 }
 
+/// Where an appended record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Log position after it, for [`Log::sync_to`].
+    pub end: u64,
+    pub segment: u64,
+}
+
+struct Writer {
+    id: u64,
+    file: Arc<File>,
+    len_bytes: u64,
+}
+
 pub struct Log {
-    path: PathBuf,
-    file: Mutex<File>,
-    sync_file: File,
+    dir: PathBuf,
+    policy: FsyncPolicy,
+    segment_bytes_max: u64,
+    writer: Mutex<Writer>,
+    /// Bytes ever appended (across segments): positions for group commit.
     written_bytes: AtomicU64,
     synced_bytes: Mutex<u64>,
-    policy: FsyncPolicy,
+    /// Live records per segment.
+    live: Mutex<BTreeMap<u64, u64>>,
 }
 
 fn log_err(path: &Path, source: std::io::Error) -> LeafError {
@@ -78,67 +109,156 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<FRAME_BYTES_MAX>()
 }
 
+/// Batches never to replay, one entry each: session u64 | seq u64 | crc32c u32.
+const TOMBSTONES_FILE: &str = "tombstones";
+const TOMBSTONE_BYTES: usize = 20;
+
+/// The batch ids in the tombstone file (an entry whose checksum fails, as
+/// a torn last write would, ends the list).
+pub fn load_tombstones(dir: &Path) -> Result<std::collections::HashSet<BatchId>> {
+    let path = dir.join(TOMBSTONES_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(log_err(&path, e)),
+    };
+    let mut ids = std::collections::HashSet::new();
+    for entry in bytes.chunks_exact(TOMBSTONE_BYTES) {
+        let crc = u32::from_le_bytes(entry[16..20].try_into().expect("4 bytes"));
+        if crc32c::crc32c(&entry[..16]) != crc {
+            break;
+        }
+        ids.insert(BatchId {
+            session: u64::from_le_bytes(entry[..8].try_into().expect("8 bytes")),
+            seq: u64::from_le_bytes(entry[8..16].try_into().expect("8 bytes")),
+        });
+    }
+    Ok(ids)
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:012}.log"))
+}
+
+/// Segment ids present in `dir`, ascending.
+fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| log_err(dir, e))? {
+        let e = e.map_err(|e| log_err(dir, e))?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if let Some(id) = name
+            .strip_suffix(".log")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
 impl Log {
-    /// Opens the log in `dir`, replaying every intact record through
-    /// `apply` first; a torn tail is cut off.
+    /// Opens the log in `dir`, replaying every intact record through `apply`
+    /// first (each counted live in its segment; the caller releases those it
+    /// does not keep).
     pub fn open(
         dir: &Path,
         policy: FsyncPolicy,
+        segment_bytes_max: u64,
         mut apply: impl FnMut(Record) -> Result<()>,
     ) -> Result<(Log, Recovery)> {
         std::fs::create_dir_all(dir).map_err(|e| log_err(dir, e))?;
-        let path = dir.join("batches.log");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(|e| log_err(&path, e))?;
-        let recovery = replay(&path, &mut file, &mut apply)?;
-        let sync_file = file.try_clone().map_err(|e| log_err(&path, e))?;
-        let end = file.seek(SeekFrom::End(0)).map_err(|e| log_err(&path, e))?;
-        Ok((
-            Log {
-                path,
-                file: Mutex::new(file),
-                sync_file,
-                written_bytes: AtomicU64::new(end),
-                synced_bytes: Mutex::new(end),
-                policy,
-            },
-            recovery,
-        ))
+        let mut recovery = Recovery::default();
+        let mut live = BTreeMap::new();
+        for id in list_segments(dir)? {
+            let records = replay_segment(&segment_path(dir, id), id, &mut recovery, &mut apply)?;
+            live.insert(id, records);
+            recovery.segments += 1;
+        }
+        let log = Log::start(dir, policy, segment_bytes_max, live)?;
+        Ok((log, recovery))
     }
 
     /// Opens the log for appending without replaying it: the caller already
-    /// holds its rows (adopted from a hand-off segment).
-    pub fn open_without_replay(dir: &Path, policy: FsyncPolicy) -> Result<Log> {
+    /// holds its rows (adopted from a hand-off segment). `expected` lists the
+    /// segments and lengths the hand-off saw; any difference is an error.
+    pub fn open_without_replay(
+        dir: &Path,
+        policy: FsyncPolicy,
+        segment_bytes_max: u64,
+        expected: &[(u64, u64)],
+    ) -> Result<Log> {
         std::fs::create_dir_all(dir).map_err(|e| log_err(dir, e))?;
-        let path = dir.join("batches.log");
+        let mut found = Vec::new();
+        for id in list_segments(dir)? {
+            let path = segment_path(dir, id);
+            found.push((
+                id,
+                std::fs::metadata(&path)
+                    .map_err(|e| log_err(&path, e))?
+                    .len(),
+            ));
+        }
+        if found != expected {
+            return Err(LeafError::Internal(format!(
+                "the disk log's segments {found:?} differ from the hand-off's {expected:?}"
+            )));
+        }
+        Log::start(
+            dir,
+            policy,
+            segment_bytes_max,
+            found.iter().map(|&(id, _)| (id, 0)).collect(),
+        )
+    }
+
+    fn start(
+        dir: &Path,
+        policy: FsyncPolicy,
+        segment_bytes_max: u64,
+        live: BTreeMap<u64, u64>,
+    ) -> Result<Log> {
+        let id = live.keys().next_back().copied().unwrap_or(1);
+        let path = segment_path(dir, id);
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(&path)
             .map_err(|e| log_err(&path, e))?;
-        let sync_file = file.try_clone().map_err(|e| log_err(&path, e))?;
-        let end = file.seek(SeekFrom::End(0)).map_err(|e| log_err(&path, e))?;
-        Ok(Log {
-            path,
-            file: Mutex::new(file),
-            sync_file,
-            written_bytes: AtomicU64::new(end),
-            synced_bytes: Mutex::new(end),
+        let len_bytes = file.seek(SeekFrom::End(0)).map_err(|e| log_err(&path, e))?;
+        let mut live = live;
+        live.entry(id).or_insert(0);
+        let log = Log {
+            dir: dir.to_path_buf(),
             policy,
-        })
+            segment_bytes_max: segment_bytes_max.max(1),
+            writer: Mutex::new(Writer {
+                id,
+                file: Arc::new(file),
+                len_bytes,
+            }),
+            written_bytes: AtomicU64::new(0),
+            synced_bytes: Mutex::new(0),
+            live: Mutex::new(live),
+        };
+        // Segments whose records are all gone (expired before a crash).
+        log.delete_dead();
+        Ok(log)
     }
 
-    /// Appends one batch; returns the log offset to pass to [`Log::sync_to`].
-    pub fn append(&self, table: &str, batch_id: BatchId, ipc: &[u8]) -> Result<u64> {
+    /// Appends one batch.
+    pub fn append(&self, table: &str, batch_id: BatchId, ipc: &[u8]) -> Result<Appended> {
+        let time_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
         let header = bincode::serde::encode_to_vec(
             RecordHeader {
                 table: table.to_string(),
                 batch_id,
+                time_us,
             },
             config(),
         )
@@ -161,53 +281,203 @@ impl Log {
         record.extend_from_slice(&(header.len() as u32).to_le_bytes());
         record.extend_from_slice(&header);
         record.extend_from_slice(ipc);
-        let mut file = self.file.lock().expect("log lock poisoned");
-        file.write_all(&record)
-            .map_err(|e| log_err(&self.path, e))?;
+
+        let mut w = self.writer.lock().expect("log lock poisoned");
+        if w.len_bytes > 0 && w.len_bytes + record.len() as u64 > self.segment_bytes_max {
+            self.rotate(&mut w)?;
+        }
+        (&*w.file)
+            .write_all(&record)
+            .map_err(|e| log_err(&segment_path(&self.dir, w.id), e))?;
+        w.len_bytes += record.len() as u64;
+        *self.live.lock().expect("poisoned").entry(w.id).or_insert(0) += 1;
         let end = self
             .written_bytes
             .fetch_add(record.len() as u64, Ordering::SeqCst)
             + record.len() as u64;
-        Ok(end)
+        Ok(Appended { end, segment: w.id })
     }
 
-    /// Returns once everything up to `offset` is on disk (per the policy).
-    pub fn sync_to(&self, offset: u64) -> Result<()> {
+    /// Moves on to a new segment; the old one is made durable first so every
+    /// position before the new one is covered.
+    fn rotate(&self, w: &mut Writer) -> Result<()> {
+        let old = segment_path(&self.dir, w.id);
+        if self.policy == FsyncPolicy::Group {
+            w.file.sync_data().map_err(|e| log_err(&old, e))?;
+        }
+        let id = w.id + 1;
+        let path = segment_path(&self.dir, id);
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| log_err(&path, e))?;
+        if self.policy == FsyncPolicy::Group {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| log_err(&self.dir, e))?;
+        }
+        *w = Writer {
+            id,
+            file: Arc::new(file),
+            len_bytes: 0,
+        };
+        self.live.lock().expect("poisoned").entry(id).or_insert(0);
+        drop(old);
+        // The writer lock is held here: name the current segment.
+        self.delete_dead_except(id);
+        Ok(())
+    }
+
+    /// Returns once everything up to `end` is on disk (per the policy).
+    pub fn sync_to(&self, end: u64) -> Result<()> {
         if self.policy == FsyncPolicy::Never {
             return Ok(());
         }
         let mut synced = self.synced_bytes.lock().expect("log sync lock poisoned");
-        if *synced >= offset {
+        if *synced >= end {
             return Ok(()); // a concurrent fsync already covered this record
         }
-        let target = self.written_bytes.load(Ordering::SeqCst);
-        self.sync_file
-            .sync_data()
-            .map_err(|e| log_err(&self.path, e))?;
+        let (file, id, target) = {
+            let w = self.writer.lock().expect("log lock poisoned");
+            (
+                Arc::clone(&w.file),
+                w.id,
+                self.written_bytes.load(Ordering::SeqCst),
+            )
+        };
+        file.sync_data()
+            .map_err(|e| log_err(&segment_path(&self.dir, id), e))?;
         *synced = target;
         Ok(())
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// `records` records of `segment` are no longer held (their rows
+    /// expired, or never applied); a segment left with none is deleted.
+    pub fn release(&self, segment: u64, records: u64) {
+        {
+            let mut live = self.live.lock().expect("poisoned");
+            if let Some(n) = live.get_mut(&segment) {
+                *n = n.saturating_sub(records);
+            }
+        }
+        self.delete_dead();
     }
 
-    pub fn len_bytes(&self) -> u64 {
+    /// Sets every segment's live count (after adopting blocks whose records
+    /// are known).
+    pub fn set_live(&self, counts: &BTreeMap<u64, u64>) {
+        let mut live = self.live.lock().expect("poisoned");
+        for (id, n) in live.iter_mut() {
+            *n = counts.get(id).copied().unwrap_or(0);
+        }
+        drop(live);
+        self.delete_dead();
+    }
+
+    fn delete_dead(&self) {
+        let current = self.writer.lock().expect("log lock poisoned").id;
+        self.delete_dead_except(current);
+    }
+
+    /// Deletes segments with no live records, except `current` (the one
+    /// being written). Lock order: writer, then live.
+    fn delete_dead_except(&self, current: u64) {
+        let mut live = self.live.lock().expect("poisoned");
+        let dead: Vec<u64> = live
+            .iter()
+            .filter(|&(&id, &n)| n == 0 && id != current)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in dead {
+            let path = segment_path(&self.dir, id);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::debug!(segment = %path.display(), "deleted a log segment with no live records")
+                }
+                Err(e) => {
+                    tracing::warn!(segment = %path.display(), "could not delete a dead log segment: {e}")
+                }
+            }
+            live.remove(&id);
+        }
+    }
+
+    /// Segments and their lengths, for a hand-off.
+    pub fn segments(&self) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        for id in list_segments(&self.dir)? {
+            let path = segment_path(&self.dir, id);
+            out.push((
+                id,
+                std::fs::metadata(&path)
+                    .map_err(|e| log_err(&path, e))?
+                    .len(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Records that batches are not to be replayed: another leaf holds
+    /// them (see `Leaf::settle`). Durable before it returns.
+    pub fn add_tombstones(&self, ids: &[BatchId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join(TOMBSTONES_FILE);
+        let mut bytes = Vec::with_capacity(ids.len() * TOMBSTONE_BYTES);
+        for id in ids {
+            let mut entry = [0u8; 16];
+            entry[..8].copy_from_slice(&id.session.to_le_bytes());
+            entry[8..].copy_from_slice(&id.seq.to_le_bytes());
+            bytes.extend_from_slice(&entry);
+            bytes.extend_from_slice(&crc32c::crc32c(&entry).to_le_bytes());
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| log_err(&path, e))?;
+        f.write_all(&bytes).map_err(|e| log_err(&path, e))?;
+        f.sync_data().map_err(|e| log_err(&path, e))?;
+        Ok(())
+    }
+
+    /// Bytes the log holds on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments()
+            .map(|s| s.iter().map(|(_, len)| len).sum())
+            .unwrap_or(0)
+    }
+
+    /// Position of the last append (for a final sync).
+    pub fn written_bytes(&self) -> u64 {
         self.written_bytes.load(Ordering::SeqCst)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 
-fn replay(
+/// Replays one segment; returns its intact records' count. A bad record
+/// ends the segment: it is truncated there and the drop is reported.
+fn replay_segment(
     path: &Path,
-    file: &mut File,
+    segment: u64,
+    recovery: &mut Recovery,
     apply: &mut impl FnMut(Record) -> Result<()>,
-) -> Result<Recovery> {
-    let len = file.metadata().map_err(|e| log_err(path, e))?.len();
-    file.seek(SeekFrom::Start(0))
+) -> Result<u64> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
         .map_err(|e| log_err(path, e))?;
-    let mut reader = BufReader::with_capacity(1 << 20, &*file);
-    let mut recovery = Recovery::default();
+    let len = file.metadata().map_err(|e| log_err(path, e))?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, &file);
     let mut offset = 0u64;
+    let mut records = 0u64;
     let mut prefix = [0u8; RECORD_PREFIX_BYTES];
     'records: while offset < len {
         let remaining = len - offset;
@@ -251,27 +521,33 @@ fn replay(
                 break 'torn "undecodable record header".to_string();
             };
             let ipc = payload[4 + header_len..].to_vec();
-            apply(Record { header, ipc })?;
+            apply(Record {
+                header,
+                ipc,
+                segment,
+            })?;
             offset += (RECORD_PREFIX_BYTES + payload_len) as u64;
+            records += 1;
             recovery.records += 1;
-            recovery.bytes = offset;
+            recovery.bytes += (RECORD_PREFIX_BYTES + payload_len) as u64;
             continue 'records;
         };
         tracing::warn!(
-            log = %path.display(),
+            segment = %path.display(),
             offset,
             dropped_bytes = len - offset,
             "dropping the log's torn tail: {why}"
         );
         recovery.dropped_tail = Some(format!(
-            "{why} at offset {offset}; dropped {} bytes",
+            "{why} at offset {offset} of {}; dropped {} bytes",
+            path.display(),
             len - offset
         ));
         drop(reader);
         file.set_len(offset).map_err(|e| log_err(path, e))?;
         break;
     }
-    Ok(recovery)
+    Ok(records)
 }
 
 #[cfg(test)]
@@ -284,7 +560,7 @@ mod tests {
 
     fn replay_all(dir: &Path) -> (Vec<(String, u64, Vec<u8>)>, Recovery) {
         let mut seen = Vec::new();
-        let (_log, rec) = Log::open(dir, FsyncPolicy::Group, |r| {
+        let (_log, rec) = Log::open(dir, FsyncPolicy::Group, SEGMENT_BYTES_MAX_DEFAULT, |r| {
             seen.push((r.header.table, r.header.batch_id.seq, r.ipc));
             Ok(())
         })
@@ -292,14 +568,24 @@ mod tests {
         (seen, rec)
     }
 
+    fn last_segment(dir: &Path) -> PathBuf {
+        segment_path(dir, *list_segments(dir).unwrap().last().unwrap())
+    }
+
     #[test]
     fn appended_records_replay_in_order() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (log, _) = Log::open(dir.path(), FsyncPolicy::Group, |_| Ok(())).unwrap();
-            let end = log.append("a", id(1), b"one").unwrap();
+            let (log, _) = Log::open(
+                dir.path(),
+                FsyncPolicy::Group,
+                SEGMENT_BYTES_MAX_DEFAULT,
+                |_| Ok(()),
+            )
+            .unwrap();
+            let a = log.append("a", id(1), b"one").unwrap();
             log.append("b", id(2), b"two").unwrap();
-            log.sync_to(end).unwrap();
+            log.sync_to(a.end).unwrap();
         }
         let (seen, rec) = replay_all(dir.path());
         assert_eq!(
@@ -316,11 +602,17 @@ mod tests {
     fn truncated_last_record_is_dropped_and_the_rest_kept() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (log, _) = Log::open(dir.path(), FsyncPolicy::Never, |_| Ok(())).unwrap();
+            let (log, _) = Log::open(
+                dir.path(),
+                FsyncPolicy::Never,
+                SEGMENT_BYTES_MAX_DEFAULT,
+                |_| Ok(()),
+            )
+            .unwrap();
             log.append("a", id(1), b"one").unwrap();
             log.append("a", id(2), b"two-two-two").unwrap();
         }
-        let path = dir.path().join("batches.log");
+        let path = last_segment(dir.path());
         let len = std::fs::metadata(&path).unwrap().len();
         OpenOptions::new()
             .write(true)
@@ -331,7 +623,7 @@ mod tests {
         let (seen, rec) = replay_all(dir.path());
         assert_eq!(seen.len(), 1);
         assert!(rec.dropped_tail.unwrap().contains("cut off"));
-        // The cut is permanent: appending after recovery yields a clean log.
+        // The cut is permanent: the next recovery finds a clean log.
         let (seen, rec) = replay_all(dir.path());
         assert_eq!(seen.len(), 1);
         assert!(rec.dropped_tail.is_none());
@@ -341,11 +633,17 @@ mod tests {
     fn flipped_byte_in_last_record_is_caught_by_checksum() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (log, _) = Log::open(dir.path(), FsyncPolicy::Never, |_| Ok(())).unwrap();
+            let (log, _) = Log::open(
+                dir.path(),
+                FsyncPolicy::Never,
+                SEGMENT_BYTES_MAX_DEFAULT,
+                |_| Ok(()),
+            )
+            .unwrap();
             log.append("a", id(1), b"one").unwrap();
             log.append("a", id(2), b"two").unwrap();
         }
-        let path = dir.path().join("batches.log");
+        let path = last_segment(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0x55;
@@ -353,5 +651,20 @@ mod tests {
         let (seen, rec) = replay_all(dir.path());
         assert_eq!(seen.len(), 1);
         assert!(rec.dropped_tail.unwrap().contains("checksum"));
+    }
+
+    #[test]
+    fn segments_rotate_and_a_segment_with_no_live_records_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = Log::open(dir.path(), FsyncPolicy::Group, 100, |_| Ok(())).unwrap();
+        let first = log.append("a", id(1), &[7u8; 80]).unwrap();
+        let second = log.append("a", id(2), &[7u8; 80]).unwrap();
+        assert_ne!(first.segment, second.segment);
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 2);
+        log.release(first.segment, 1);
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![second.segment]);
+        // The current segment stays even when empty of live records.
+        log.release(second.segment, 1);
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![second.segment]);
     }
 }

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{
-    ClientConfig, Connection, Endpoint, RecvStream, SendStream, ServerConfig, TransportConfig,
+    ClientConfig, Connection, Endpoint, EndpointConfig, RecvStream, SendStream, ServerConfig,
+    TransportConfig,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -118,7 +119,30 @@ pub fn server_endpoint(addr: SocketAddr, files: &TlsFiles) -> Result<Endpoint> {
         .map_err(|e| LeafError::Net(e.to_string()))?;
     let mut config = ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport());
-    Endpoint::server(config, addr).map_err(|e| LeafError::Net(format!("binding {addr}: {e}")))
+    let socket = std::net::UdpSocket::bind(addr)
+        .map_err(|e| LeafError::Net(format!("binding {addr}: {e}")))?;
+    Endpoint::new(
+        EndpointConfig::new(reset_key(files)?),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| LeafError::Net(format!("binding {addr}: {e}")))
+}
+
+/// The stateless-reset key, derived from the node's private key: a node
+/// restarted on the same address (a new process) then resets connections
+/// its predecessor held, so peers learn at their next packet that the old
+/// connection is gone instead of waiting for it to time out.
+fn reset_key(files: &TlsFiles) -> Result<Arc<dyn quinn::crypto::HmacKey>> {
+    let key = std::fs::read(&files.key).map_err(|e| tls_err("reading key", &files.key, e))?;
+    let mut material = b"scuba stateless reset v1".to_vec();
+    material.extend_from_slice(&key);
+    let digest = ring::digest::digest(&ring::digest::SHA256, &material);
+    Ok(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        digest.as_ref(),
+    )))
 }
 
 /// A client endpoint presenting this node's certificate.

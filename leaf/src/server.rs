@@ -94,6 +94,10 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
         Request::LeafStats => {
             write_frame(&mut send, &Response::Stats(leaf.stats())).await?;
         }
+        Request::HeldBatches { ids } => {
+            let held = leaf.holds(&ids);
+            write_frame(&mut send, &Response::HeldBatches(held)).await?;
+        }
         Request::Handoff => {
             let leaf2 = Arc::clone(&leaf);
             let outcome = tokio::task::spawn_blocking(move || leaf2.handoff())
@@ -135,6 +139,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::Fragment { .. } => "Fragment",
         Request::LeafStats => "LeafStats",
         Request::Handoff => "Handoff",
+        Request::HeldBatches { .. } => "HeldBatches",
         Request::Query(_) => "Query",
         Request::ClusterStatus => "ClusterStatus",
         Request::TableSchema { .. } => "TableSchema",

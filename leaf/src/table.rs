@@ -17,13 +17,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, RecordBatchOptions};
-use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::array::{Scalar, TimestampMicrosecondArray};
+use datafusion::arrow::compute::kernels::cmp::gt_eq;
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, max, min};
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use scuba::limits::{BLOCK_ROWS_MAX, TABLE_COLUMNS_MAX};
 use scuba::schema::unify_schemas;
 
 use crate::error::{LeafError, Result};
-use crate::handoff::TableManifest;
+use crate::handoff::{BlockMeta, TableManifest};
 use crate::shm::{map_block, write_block, BlockFile};
 
 /// Bytes a batch's rows occupy (its slices, not the buffers they share:
@@ -71,6 +73,9 @@ impl BlockStore {
             batch,
             memory_bytes: file.len_bytes,
             file: Some(file),
+            segments: Vec::new(),
+            time_min_us: None,
+            time_max_us: None,
         })
     }
 }
@@ -82,15 +87,83 @@ pub struct Block {
     pub batch: RecordBatch,
     pub memory_bytes: u64,
     pub file: Option<BlockFile>,
+    /// Log records its rows came from.
+    pub segments: SegmentCounts,
+    pub time_min_us: Option<i64>,
+    pub time_max_us: Option<i64>,
 }
 
 impl Block {
     pub fn new(batch: RecordBatch) -> Self {
         let memory_bytes = batch_bytes(&batch);
+        let (time_min_us, time_max_us) = time_range(&batch);
         Block {
             batch,
             memory_bytes,
             file: None,
+            segments: Vec::new(),
+            time_min_us,
+            time_max_us,
+        }
+    }
+}
+
+/// The records of the disk log a block's rows came from, by segment
+/// (segment id, records), so their segments can be released when it expires.
+pub type SegmentCounts = Vec<(u64, u64)>;
+
+fn count_segments(segments: &[u64]) -> SegmentCounts {
+    let mut counts: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    for s in segments {
+        *counts.entry(*s).or_insert(0) += 1;
+    }
+    counts.into_iter().collect()
+}
+
+/// The first microsecond-timestamp column: a table's time column (the only
+/// timestamp column ingest creates).
+fn time_column(batch: &RecordBatch) -> Option<&TimestampMicrosecondArray> {
+    batch
+        .columns()
+        .iter()
+        .find_map(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+}
+
+/// Oldest and newest time in a batch.
+pub fn time_range(batch: &RecordBatch) -> (Option<i64>, Option<i64>) {
+    match time_column(batch) {
+        Some(t) => (min(t), max(t)),
+        None => (None, None),
+    }
+}
+
+/// Rows of `batch` at or after `cutoff_us` (all of them when it has no time).
+fn keep_since(batch: &RecordBatch, cutoff_us: i64) -> Result<RecordBatch> {
+    let Some(t) = time_column(batch) else {
+        return Ok(batch.clone());
+    };
+    let cutoff = TimestampMicrosecondArray::from(vec![cutoff_us]);
+    let mask = gt_eq(t, &Scalar::new(&cutoff))?;
+    Ok(filter_record_batch(batch, &mask)?)
+}
+
+/// What expiring blocks freed, for the leaf to release in the log and in
+/// shared memory.
+#[derive(Debug, Default)]
+pub struct Expired {
+    pub rows: u64,
+    pub blocks: usize,
+    pub segments: SegmentCounts,
+    pub files: Vec<String>,
+}
+
+impl Expired {
+    fn add(&mut self, block: &Block) {
+        self.rows += block.batch.num_rows() as u64;
+        self.blocks += 1;
+        self.segments.extend(block.segments.iter().copied());
+        if let Some(f) = &block.file {
+            self.files.push(f.name.clone());
         }
     }
 }
@@ -101,6 +174,8 @@ pub struct Table {
     schema: SchemaRef,
     sealed: Vec<Arc<Block>>,
     open: Vec<RecordBatch>,
+    /// The log segment of each open batch (none without a log).
+    open_segments: Vec<u64>,
     open_rows: usize,
     open_bytes: u64,
     rows: u64,
@@ -115,6 +190,7 @@ impl Table {
             schema: Arc::new(Schema::empty()),
             sealed: Vec::new(),
             open: Vec::new(),
+            open_segments: Vec::new(),
             open_rows: 0,
             open_bytes: 0,
             rows: 0,
@@ -161,30 +237,37 @@ impl Table {
         Ok(unified)
     }
 
-    /// Appends a batch already checked with [`Table::check`]; seals the open
-    /// block into `store` (or the heap) once it is full.
+    /// Appends a batch already checked with [`Table::check`] (logged in
+    /// `segment`, if there is a log); seals the open block into `store` (or
+    /// the heap) once it is full, dropping rows older than `cutoff_us`.
+    /// Returns what sealing expired.
     pub fn append(
         &mut self,
         batch: RecordBatch,
         unified: SchemaRef,
         store: Option<&BlockStore>,
-    ) -> Result<()> {
+        segment: Option<u64>,
+        cutoff_us: Option<i64>,
+    ) -> Result<Expired> {
         self.schema = unified;
         self.rows += batch.num_rows() as u64;
         self.open_rows += batch.num_rows();
         self.open_bytes += batch_bytes(&batch);
         self.open.push(batch);
+        self.open_segments.extend(segment);
         if self.open_rows >= BLOCK_ROWS_MAX {
-            self.seal(store)?;
+            return self.seal(store, cutoff_us);
         }
-        Ok(())
+        Ok(Expired::default())
     }
 
     /// Seals the open batches into one block (nothing when empty), written
-    /// to shared memory when there is a `store`.
-    pub fn seal(&mut self, store: Option<&BlockStore>) -> Result<()> {
+    /// to shared memory when there is a `store`. Rows older than `cutoff_us`
+    /// are dropped on the way; a block left empty releases its records.
+    pub fn seal(&mut self, store: Option<&BlockStore>, cutoff_us: Option<i64>) -> Result<Expired> {
+        let mut expired = Expired::default();
         if self.open.is_empty() {
-            return Ok(());
+            return Ok(expired);
         }
         let mut schema = Arc::new(Schema::empty());
         for b in &self.open {
@@ -195,17 +278,77 @@ impl Table {
             .iter()
             .map(|b| adapt(b, &schema))
             .collect::<Result<Vec<_>>>()?;
-        let batch = concat_batches(&schema, &adapted)?;
-        let block = match store {
-            Some(store) => store.write(&batch)?,
-            None => Block::new(batch),
-        };
-        self.sealed_bytes += block.memory_bytes;
-        self.sealed.push(Arc::new(block));
+        let mut batch = concat_batches(&schema, &adapted)?;
+        if let Some(cutoff) = cutoff_us {
+            let kept = keep_since(&batch, cutoff)?;
+            expired.rows = (batch.num_rows() - kept.num_rows()) as u64;
+            batch = kept;
+        }
+        let segments = count_segments(&self.open_segments);
+        self.rows -= expired.rows;
+        self.rows_expired += expired.rows;
+        if batch.num_rows() == 0 {
+            expired.segments = segments;
+        } else {
+            let mut block = match store {
+                Some(store) => store.write(&batch)?,
+                None => Block::new(batch),
+            };
+            block.segments = segments;
+            (block.time_min_us, block.time_max_us) = time_range(&block.batch);
+            self.sealed_bytes += block.memory_bytes;
+            self.sealed.push(Arc::new(block));
+        }
         self.open.clear();
+        self.open_segments.clear();
         self.open_rows = 0;
         self.open_bytes = 0;
-        Ok(())
+        Ok(expired)
+    }
+
+    /// Removes sealed blocks whose newest row is older than `cutoff_us`.
+    pub fn expire_before(&mut self, cutoff_us: i64) -> Expired {
+        let mut expired = Expired::default();
+        let (old, keep): (Vec<_>, Vec<_>) = self
+            .sealed
+            .drain(..)
+            .partition(|b| b.time_max_us.is_some_and(|t| t < cutoff_us));
+        self.sealed = keep;
+        for b in &old {
+            self.forget(b, &mut expired);
+        }
+        expired
+    }
+
+    /// The newest time of this table's oldest sealed block.
+    pub fn oldest_block_time(&self) -> Option<i64> {
+        self.sealed
+            .iter()
+            .map(|b| b.time_max_us.unwrap_or(i64::MIN))
+            .min()
+    }
+
+    /// Removes the sealed block whose newest row is oldest.
+    pub fn expire_oldest_block(&mut self) -> Expired {
+        let mut expired = Expired::default();
+        let oldest = self
+            .sealed
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, b)| b.time_max_us.unwrap_or(i64::MIN))
+            .map(|(i, _)| i);
+        if let Some(i) = oldest {
+            let b = self.sealed.remove(i);
+            self.forget(&b, &mut expired);
+        }
+        expired
+    }
+
+    fn forget(&mut self, block: &Block, expired: &mut Expired) {
+        expired.add(block);
+        self.rows -= block.batch.num_rows() as u64;
+        self.rows_expired += block.batch.num_rows() as u64;
+        self.sealed_bytes -= block.memory_bytes;
     }
 
     /// What a successor needs to adopt this table (call after sealing).
@@ -220,9 +363,15 @@ impl Table {
             .sealed
             .iter()
             .map(|b| {
-                b.file
-                    .clone()
-                    .ok_or_else(|| LeafError::Internal("a heap block cannot be handed off".into()))
+                let file = b.file.clone().ok_or_else(|| {
+                    LeafError::Internal("a heap block cannot be handed off".into())
+                })?;
+                Ok(BlockMeta {
+                    file,
+                    segments: b.segments.clone(),
+                    time_min_us: b.time_min_us,
+                    time_max_us: b.time_max_us,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(TableManifest {
@@ -239,22 +388,26 @@ impl Table {
         let mut table = Table::new(&manifest.name);
         table.schema = scuba::ipc::ipc_to_schema(&manifest.schema_ipc)?;
         table.rows_expired = manifest.rows_expired;
-        for file in &manifest.blocks {
-            let batch = map_block(dir, file, true)?;
+        for meta in &manifest.blocks {
+            let batch = map_block(dir, &meta.file, true)?;
             table.rows += batch.num_rows() as u64;
-            table.sealed_bytes += file.len_bytes;
+            table.sealed_bytes += meta.file.len_bytes;
             table.sealed.push(Arc::new(Block {
                 batch,
-                memory_bytes: file.len_bytes,
-                file: Some(file.clone()),
+                memory_bytes: meta.file.len_bytes,
+                file: Some(meta.file.clone()),
+                segments: meta.segments.clone(),
+                time_min_us: meta.time_min_us,
+                time_max_us: meta.time_max_us,
             }));
         }
         Ok(table)
     }
 
-    /// Every row, adapted to `schema` (the table's schema as the asker knows
-    /// it, projected). Fails when the asker's schema is stale.
-    pub fn scan(&self, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+    /// Every row at or after `cutoff_us` (all rows without one), adapted to
+    /// `schema` (the table's schema as the asker knows it, projected). Fails
+    /// when the asker's schema is stale.
+    pub fn scan(&self, schema: &SchemaRef, cutoff_us: Option<i64>) -> Result<Vec<RecordBatch>> {
         for field in schema.fields() {
             if let Ok(ours) = self.schema.field_with_name(field.name()) {
                 if !castable(ours.data_type(), field.data_type()) {
@@ -267,10 +420,19 @@ impl Table {
         }
         let mut out = Vec::with_capacity(self.sealed.len() + self.open.len());
         for block in &self.sealed {
-            out.push(adapt(&block.batch, schema)?);
+            match cutoff_us {
+                Some(c) if block.time_max_us.is_some_and(|t| t < c) => continue,
+                Some(c) if block.time_min_us.is_some_and(|t| t < c) => {
+                    out.push(adapt(&keep_since(&block.batch, c)?, schema)?)
+                }
+                _ => out.push(adapt(&block.batch, schema)?),
+            }
         }
         for batch in &self.open {
-            out.push(adapt(batch, schema)?);
+            match cutoff_us {
+                Some(c) => out.push(adapt(&keep_since(batch, c)?, schema)?),
+                None => out.push(adapt(batch, schema)?),
+            }
         }
         Ok(out)
     }
@@ -335,7 +497,7 @@ mod tests {
 
     fn append(t: &mut Table, b: RecordBatch) -> Result<()> {
         let unified = t.check(&b)?;
-        t.append(b, unified, None)
+        t.append(b, unified, None, None, None).map(|_| ())
     }
 
     #[test]
@@ -351,7 +513,7 @@ mod tests {
             batch(vec![("b", Arc::new(StringArray::from(vec!["x"])))]),
         )
         .unwrap();
-        let out = t.scan(&t.schema()).unwrap();
+        let out = t.scan(&t.schema(), None).unwrap();
         assert_eq!(out.len(), 2);
         assert!(out[0].column_by_name("b").unwrap().is_null(0));
         assert!(out[1].column_by_name("a").unwrap().is_null(0));
@@ -365,14 +527,14 @@ mod tests {
             batch(vec![("x", Arc::new(Int64Array::from(vec![1])))]),
         )
         .unwrap();
-        t.seal(None).unwrap();
+        t.seal(None, None).unwrap();
         append(
             &mut t,
             batch(vec![("x", Arc::new(Float64Array::from(vec![2.5])))]),
         )
         .unwrap();
         assert_eq!(t.schema().field(0).data_type(), &DataType::Float64);
-        let out = t.scan(&t.schema()).unwrap();
+        let out = t.scan(&t.schema(), None).unwrap();
         let first = out[0]
             .column(0)
             .as_any()
@@ -407,7 +569,10 @@ mod tests {
         )
         .unwrap();
         let stale = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
-        assert!(matches!(t.scan(&stale), Err(LeafError::StaleSchema { .. })));
+        assert!(matches!(
+            t.scan(&stale, None),
+            Err(LeafError::StaleSchema { .. })
+        ));
     }
 
     #[test]
@@ -423,7 +588,7 @@ mod tests {
         assert_eq!(t.rows(), 100_000);
         assert_eq!(t.sealed_blocks().len(), 1);
         let total: usize = t
-            .scan(&t.schema())
+            .scan(&t.schema(), None)
             .unwrap()
             .iter()
             .map(|b| b.num_rows())

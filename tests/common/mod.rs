@@ -135,6 +135,11 @@ impl Drop for TestCluster {
 
 /// `scubactl gen` output: deterministic sample events.
 pub fn gen_events(rows: u64, seed: u64) -> Vec<u8> {
+    gen_events_at(rows, seed, 1_700_000_000)
+}
+
+/// Sample events whose first one is at unix second `start`.
+pub fn gen_events_at(rows: u64, seed: u64, start: i64) -> Vec<u8> {
     let out = Command::new(scubactl())
         .args([
             "gen",
@@ -142,6 +147,8 @@ pub fn gen_events(rows: u64, seed: u64) -> Vec<u8> {
             &rows.to_string(),
             "--seed",
             &seed.to_string(),
+            "--start",
+            &start.to_string(),
         ])
         .output()
         .expect("scubactl gen");

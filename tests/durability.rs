@@ -1,0 +1,208 @@
+//! Nothing acknowledged is lost, and memory stays bounded: crash recovery
+//! from the disk log under `kill -9`, retention by age and by memory, and
+//! backpressure when every leaf is full. Real processes on 127.0.0.1.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{gen_events, TestCluster};
+use serde_json::json;
+
+/// `TestCluster::up` with extra `cluster up` flags.
+fn cluster_with(leaves: usize, flags: &[&str]) -> TestCluster {
+    let dir = tempfile::Builder::new()
+        .prefix("scuba-test-")
+        .tempdir()
+        .unwrap();
+    let cluster = TestCluster { dir, leaves };
+    let mut args = vec!["cluster", "up", "--leaves"];
+    let n = leaves.to_string();
+    args.push(&n);
+    args.extend_from_slice(flags);
+    let out = cluster.run(&args, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster
+}
+
+fn leaf_stats(cluster: &TestCluster, leaf: &str) -> serde_json::Value {
+    cluster
+        .status_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["leaf"] == leaf)
+        .cloned()
+        .unwrap()
+}
+
+fn dir_bytes(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Lines `{"id": k, "v": k % 7}` for k in `ids`.
+fn id_lines(ids: std::ops::Range<u64>) -> Vec<u8> {
+    ids.map(|k| format!("{{\"id\":{k},\"v\":{}}}\n", k % 7))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Lines `{"id": k, "time": time_s}` for k in `ids`.
+fn timed_lines(ids: std::ops::Range<u64>, time_s: i64) -> Vec<u8> {
+    ids.map(|k| format!("{{\"id\":{k},\"time\":{time_s}}}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[test]
+fn rows_past_retention_leave_queries_and_the_log_and_do_not_come_back() {
+    let cluster = cluster_with(
+        1,
+        &["--retention", "events=10s", "--log-segment-bytes", "100000"],
+    );
+    // Rows 2 s old: within retention when sealed (ingest has 8 s of slack
+    // on a loaded machine), past it 8 s later.
+    let aging = timed_lines(0..70_000, now_s() - 2);
+    assert!(cluster.ingest("events", &aging, &[]).status.success());
+    let log_dir = cluster.path().join("leaves/leaf-0/log");
+    let log_before = dir_bytes(&log_dir);
+    let fresh = timed_lines(70_000..70_100, now_s() + 3600);
+    assert!(cluster.ingest("events", &fresh, &[]).status.success());
+
+    // Expiry runs every second; the sealed block of aging rows goes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = leaf_stats(&cluster, "leaf-0");
+        if stats["tables"][0]["rows_expired"].as_u64().unwrap_or(0) >= 65_536 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing expired: {stats}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let answer = cluster.query_json("SELECT count(*), min(id) FROM events", &[]);
+    assert_eq!(
+        answer["rows"][0],
+        json!([100, 70_000]),
+        "only the fresh rows are visible"
+    );
+    assert!(
+        dir_bytes(&log_dir) < log_before,
+        "expired segments leave the disk"
+    );
+
+    // A crash does not bring them back from the log.
+    // SAFETY: kill(2) on a process this test started.
+    unsafe { libc::kill(cluster.pid("leaf-0"), libc::SIGKILL) };
+    assert!(cluster.run(&["cluster", "up"], None).status.success());
+    let answer = cluster.query_json("SELECT count(*), min(id) FROM events", &[]);
+    assert_eq!(answer["rows"][0], json!([100, 70_000]));
+}
+
+#[test]
+fn memory_budget_expires_the_oldest_blocks_and_keeps_the_leaf_under_it() {
+    let limit: u64 = 16_000_000;
+    let cluster = cluster_with(1, &["--memory-limit", &limit.to_string()]);
+    let out = cluster.ingest("events", &gen_events(300_000, 22), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = leaf_stats(&cluster, "leaf-0");
+    assert!(
+        stats["memory_used_bytes"].as_u64().unwrap() <= limit,
+        "{stats}"
+    );
+    let table = &stats["tables"][0];
+    let (rows, expired) = (
+        table["rows"].as_u64().unwrap(),
+        table["rows_expired"].as_u64().unwrap(),
+    );
+    assert!(expired > 0, "{stats}");
+    assert_eq!(rows + expired, 300_000);
+    // Oldest first: what is left is the newest rows, all of them.
+    let answer = cluster.query_json("SELECT count(*), min(id), max(id) FROM events", &[]);
+    assert_eq!(answer["rows"][0], json!([rows, 300_000 - rows, 299_999]));
+}
+
+#[test]
+fn ingest_stops_with_a_clear_message_when_every_leaf_is_full() {
+    let limit: u64 = 300_000;
+    let cluster = cluster_with(2, &["--memory-limit", &limit.to_string()]);
+    let out = cluster.ingest("events", &gen_events(50_000, 23), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("every leaf refused"), "{stderr}");
+    assert!(stderr.contains("memory budget"), "{stderr}");
+    assert!(stderr.contains("rows landed"), "{stderr}");
+    for leaf in ["leaf-0", "leaf-1"] {
+        assert!(
+            leaf_stats(&cluster, leaf)["memory_used_bytes"]
+                .as_u64()
+                .unwrap()
+                <= limit
+        );
+    }
+}
+
+#[test]
+fn kill_9_during_ingest_loses_no_acknowledged_row_and_counts_none_twice() {
+    let cluster = TestCluster::up(4);
+    // A fixed seed for the kill times and victims (xorshift).
+    let mut seed: u64 = 0x5eed_cafe;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    const ROUNDS: u64 = 20;
+    const ROWS: u64 = 20_000;
+    for round in 0..ROUNDS {
+        let input = id_lines(round * ROWS..(round + 1) * ROWS);
+        let victim = format!("leaf-{}", next() % 4);
+        let delay_ms = next() % 400;
+        let (out, _) = std::thread::scope(|s| {
+            let ingest = s.spawn(|| cluster.ingest("t", &input, &[]));
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            // SAFETY: kill(2) on a process this test started.
+            unsafe { libc::kill(cluster.pid(&victim), libc::SIGKILL) };
+            (ingest.join().unwrap(), ())
+        });
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(&format!("{ROWS} rows ingested")),
+            "round {round} (killed {victim} after {delay_ms} ms): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Start the killed leaf again; it recovers from its log.
+        let up = cluster.run(&["cluster", "up"], None);
+        assert!(
+            up.status.success(),
+            "{}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+        let total = (round + 1) * ROWS;
+        let answer = cluster.query_json("SELECT count(*), count(DISTINCT id), sum(id) FROM t", &[]);
+        assert_eq!(
+            answer["rows"][0],
+            json!([total, total, total * (total - 1) / 2]),
+            "round {round}: killed {victim} after {delay_ms} ms; coverage {}",
+            answer["coverage"]
+        );
+    }
+}
