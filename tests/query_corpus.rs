@@ -53,3 +53,35 @@ fn corpus_through_the_embedded_database_matches_one_datafusion_session() {
         assert_same_rows(q, &got, &oracle_rows(&ctx, &q.sql));
     }
 }
+
+#[test]
+fn leaves_return_partial_aggregates_not_rows() {
+    // 200k rows, 6 services: a GROUP BY must bring back at most one partial
+    // row per group per leaf-local partition, whatever the rows scanned.
+    let data = gen_events(200_000, 44);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = scuba_aggregator::embedded::Database::open(4).unwrap();
+    rt.block_on(db.ingest_jsonl("events", std::io::Cursor::new(data)))
+        .unwrap();
+    let answer = rt
+        .block_on(
+            db.query("SELECT service, count(*), avg(latency_ms) FROM events GROUP BY service"),
+        )
+        .unwrap();
+    let groups = 6;
+    let partitions_per_leaf = scuba_leaf::fragment::LEAF_SCAN_PARTITIONS as u64;
+    assert!(
+        answer.rows_from_leaves <= groups * 4 * partitions_per_leaf,
+        "{} rows crossed for {groups} groups",
+        answer.rows_from_leaves
+    );
+    // Top-k: each leaf sends at most k rows.
+    let answer = rt
+        .block_on(db.query("SELECT id, latency_ms FROM events ORDER BY latency_ms DESC LIMIT 10"))
+        .unwrap();
+    assert!(
+        answer.rows_from_leaves <= 10 * 4,
+        "{} rows crossed for a top-10",
+        answer.rows_from_leaves
+    );
+}

@@ -74,6 +74,9 @@ pub struct QueryAnswer {
     pub batches: Vec<RecordBatch>,
     pub coverage: Coverage,
     pub notes: Vec<String>,
+    /// Rows the leaves sent back (partial aggregates, top-k, or raw rows
+    /// for a plain SELECT): what crossed the network.
+    pub rows_from_leaves: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -527,11 +530,18 @@ impl Aggregator {
         };
         let ctx = SessionContext::new();
         let batches = datafusion::physical_plan::collect(merge, ctx.task_ctx()).await?;
+        let rows_from_leaves = per_leaf
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|b| b.num_rows() as u64)
+            .sum();
         let mut answer = QueryAnswer {
             schema,
             batches,
             coverage,
             notes: Vec::new(),
+            rows_from_leaves,
         };
         if estimate {
             apply_estimate(

@@ -266,11 +266,16 @@ fn spawn(dir: &Path, name: &str, args: &[&str]) -> Result<()> {
 }
 
 /// Starts every process of the cluster in `dir` that is not running.
-pub async fn up(dir: &Path, leaves: usize, new: &NewCluster, fsync: &str) -> Result<ClusterConfig> {
+pub async fn up(
+    dir: &Path,
+    leaves: Option<usize>,
+    new: &NewCluster,
+    fsync: &str,
+) -> Result<ClusterConfig> {
     let file = dir.join(CLUSTER_FILE);
     let config = if file.exists() {
         let c = ClusterConfig::load(&file)?;
-        if c.leaves.len() != leaves {
+        if leaves.is_some_and(|n| n != c.leaves.len()) {
             eprintln!(
                 "note: {} already holds a cluster of {} leaves; starting that one",
                 dir.display(),
@@ -279,7 +284,7 @@ pub async fn up(dir: &Path, leaves: usize, new: &NewCluster, fsync: &str) -> Res
         }
         c
     } else {
-        create(dir, leaves, new)?
+        create(dir, leaves.unwrap_or(4), new)?
     };
     let file_s = file.to_string_lossy().to_string();
     let mut started = Vec::new();

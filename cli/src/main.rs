@@ -142,8 +142,9 @@ enum ClusterCommand {
     /// Start the cluster in the folder (creating it if needed); starts only
     /// what is not running.
     Up {
-        #[arg(long, default_value_t = 4)]
-        leaves: usize,
+        /// Leaves of a new cluster (4 by default); an existing one keeps its own.
+        #[arg(long)]
+        leaves: Option<usize>,
         /// Memory budget per leaf, in bytes.
         #[arg(long)]
         memory_limit: Option<u64>,
@@ -168,8 +169,9 @@ enum ClusterCommand {
 
 #[derive(Subcommand)]
 enum LeafCommand {
+    /// Serve one leaf of the cluster file (`--config` is an alias).
     Serve {
-        #[arg(long)]
+        #[arg(long, visible_alias = "config")]
         cluster: PathBuf,
         #[arg(long)]
         id: String,
@@ -208,8 +210,9 @@ enum LeafCommand {
 
 #[derive(Subcommand)]
 enum AggregatorCommand {
+    /// Serve the aggregator of the cluster file (`--config` is an alias).
     Serve {
-        #[arg(long)]
+        #[arg(long, visible_alias = "config")]
         cluster: PathBuf,
     },
 }
