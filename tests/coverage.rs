@@ -107,6 +107,30 @@ fn killed_leaf_is_named_unreachable_and_its_rows_are_not_covered() {
         String::from_utf8_lossy(&strict.stderr)
     );
     assert!(String::from_utf8_lossy(&strict.stderr).contains(&victim));
+
+    // With --estimate, COUNT is scaled to all rows and comes with a 95%
+    // interval; the partial answer's coverage is unchanged.
+    let est = cluster.query_json(
+        "SELECT service, count(*) AS n FROM events GROUP BY service ORDER BY service",
+        &["--estimate"],
+    );
+    let columns: Vec<&str> = est["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["service", "n", "n_low95", "n_high95"]);
+    let estimated: f64 = est["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[1].as_f64().unwrap())
+        .sum();
+    assert!(
+        (estimated - 20_000.0).abs() < 2_000.0,
+        "estimated {estimated} of 20000 rows"
+    );
 }
 
 #[test]

@@ -114,6 +114,10 @@ enum Command {
         /// Scale COUNT and SUM by 1/coverage, with 95% intervals.
         #[arg(long)]
         estimate: bool,
+        /// Run the query this many times on one connection and print latency
+        /// percentiles (ms) to stderr; the answer is printed once.
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
         #[command(flatten)]
         at: Where,
     },
@@ -346,9 +350,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             min_coverage,
             strict,
             estimate,
+            repeat,
             at,
         } => {
             let min_coverage = if strict { Some(1.0) } else { min_coverage };
+            if repeat > 1 {
+                return repeat_query(sql, timeout, repeat, at).await;
+            }
             query_cmd(sql, format, timeout, min_coverage, estimate, at).await
         }
         Command::Gen { rows, seed, start } => {
@@ -796,6 +804,45 @@ async fn ingest_cmd(
         eprintln!("error: {why}");
         return Ok(ExitCode::from(EXIT_ERROR));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Latency of `repeat` runs of one query over one connection: p50, p99 and
+/// max in ms on stderr, with how many answers were partial.
+async fn repeat_query(
+    sql: String,
+    timeout: Option<u64>,
+    repeat: u32,
+    at: Where,
+) -> Result<ExitCode> {
+    let config = client::load_config(&at.file())?;
+    let client = client::Client::connect_config(&config).await?;
+    let mut latencies_ms = Vec::with_capacity(repeat as usize);
+    let mut partial = 0;
+    for _ in 0..repeat {
+        let request = QueryRequest {
+            protocol_version: PROTOCOL_VERSION,
+            sql: sql.clone(),
+            timeout_ms: timeout,
+            min_coverage: None,
+            estimate: false,
+        };
+        let started = std::time::Instant::now();
+        match client.query(request).await {
+            Ok(answer) => partial += u32::from(answer.coverage.partial),
+            Err(client::QueryFailure::Server(e)) => anyhow::bail!("{}", e.message),
+            Err(client::QueryFailure::Other(e)) => return Err(e),
+        }
+        latencies_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    latencies_ms.sort_by(f64::total_cmp);
+    let at_q = |q: f64| latencies_ms[((latencies_ms.len() as f64 - 1.0) * q).round() as usize];
+    eprintln!(
+        "runs={repeat} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} partial={partial}",
+        at_q(0.5),
+        at_q(0.99),
+        at_q(1.0)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Restart benchmark: a leaf holding 1, 4 and 8 GiB restarted with --handoff
+# (a successor adopts its shared memory in place) versus from its disk log.
+# Measures, per size: the time from `scubactl leaf restart` to the new
+# process answering (as the command prints it), and query time on adopted
+# versus freshly recovered data. One leaf, wide rows (1 KiB strings) so the
+# data reaches GiBs quickly. Needs free memory of about 2x the largest size
+# (shared memory + page cache) and the same on disk for the log.
+#
+# Usage: benches/restart.sh                 (SIZES_GIB="1 4 8")
+#        SIZES_GIB="1" benches/restart.sh
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$here")"
+SIZES_GIB="${SIZES_GIB:-1 4 8}"
+HANDOFF_RUNS="${HANDOFF_RUNS:-3}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scuba-target}"
+(cd "$root" && cargo build --release -p scuba-cli)
+S="$CARGO_TARGET_DIR/release/scubactl"
+dir="$(mktemp -d)"
+trap '"$S" cluster down --dir "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
+
+"$S" cluster up --leaves 1 --dir "$dir" --memory-limit $((12 << 30)) >/dev/null
+Q="SELECT count(*), sum(length(s)), max(n) FROM wide WHERE n % 7 = 3"
+
+# Rows of ~1 KiB: id, time, n, and a 1000-character string.
+gen() { # first_id count
+    python3 - "$1" "$2" <<'PY'
+import sys, random
+first, count = int(sys.argv[1]), int(sys.argv[2])
+alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+random.seed(first)
+pool = ["".join(random.choice(alphabet) for _ in range(1000)) for _ in range(64)]
+out = sys.stdout
+buf = []
+for k in range(first, first + count):
+    buf.append('{"id":%d,"time":%d,"n":%d,"s":"%s"}\n' % (k, 1700000000 + k // 1000, k % 1000, pool[k % 64]))
+    if len(buf) == 4096:
+        out.write("".join(buf)); buf.clear()
+out.write("".join(buf))
+PY
+}
+
+query_ms() { # median of 5 runs of $Q, in ms
+    for _ in 1 2 3 4 5 6; do
+        /usr/bin/time -f %e "$S" query "$Q" --dir "$dir" >/dev/null 2>>"$dir/times" || true
+    done
+    tail -5 "$dir/times" | sort -n | sed -n 3p | awk '{printf "%d", $1 * 1000}'
+}
+
+printf '| data | hand-off restart (ms, median of %s) | disk-log restart (ms) | ratio | query on adopted (ms) | query on recovered (ms) |\n' "$HANDOFF_RUNS"
+printf '|---|---|---|---|---|---|\n'
+rows_per_gib=$(( (1 << 30) / 1060 ))
+have=0
+for gib in $SIZES_GIB; do
+    want=$(( gib * rows_per_gib ))
+    gen "$have" $(( want - have )) | "$S" ingest --table wide --dir "$dir" >/dev/null
+    have=$want
+    used=$("$S" cluster status --dir "$dir" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["memory_used_bytes"])')
+    handoff=()
+    for _ in $(seq "$HANDOFF_RUNS"); do
+        handoff+=("$("$S" leaf restart leaf-0 --handoff --dir "$dir" | grep -o '[0-9]* ms' | grep -o '[0-9]*')")
+    done
+    h=$(printf '%s\n' "${handoff[@]}" | sort -n | sed -n "$(( (HANDOFF_RUNS + 1) / 2 ))p")
+    q_adopted=$(query_ms)
+    d=$("$S" leaf restart leaf-0 --dir "$dir" | grep -o '[0-9]* ms' | grep -o '[0-9]*')
+    q_recovered=$(query_ms)
+    printf '| %s GiB (%s rows, %.2f GiB in memory) | %s | %s | %sx | %s | %s |\n' \
+        "$gib" "$have" "$(echo "$used / 1073741824" | bc -l)" "$h" "$d" "$(( d / (h > 0 ? h : 1) ))" "$q_adopted" "$q_recovered"
+done
