@@ -567,7 +567,15 @@ async fn leaf_serve(
     });
     tokio::select! {
         _ = scuba_leaf::server::serve(Arc::clone(&leaf), endpoint.clone()) => {}
-        _ = leaf.exit_requested() => tracing::info!(leaf = %id, "handed off; exiting"),
+        _ = leaf.exit_requested() => {
+            // Replies already written (acknowledgements) reach their clients
+            // first, for at most a second.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            while leaf.in_flight() > 0 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            tracing::info!(leaf = %id, "handed off; exiting");
+        }
         _ = shutdown_signal() => {
             tracing::info!(leaf = %id, "stopping");
             leaf.release_shared_memory();

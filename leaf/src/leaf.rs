@@ -236,6 +236,8 @@ pub struct Leaf {
     /// say which of them a client already placed elsewhere (see
     /// [`Leaf::settle`]).
     pending: std::sync::Mutex<Vec<crate::log::Record>>,
+    /// Requests being served; a hand-off exit waits for their replies.
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// Records logged within this long of a crash may not have been
@@ -415,6 +417,7 @@ impl Leaf {
             handed_off: AtomicBool::new(false),
             exit: tokio::sync::Notify::new(),
             pending: std::sync::Mutex::new(pending),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
             session: SessionContext::new_with_config(config),
         };
         Ok((Arc::new(leaf), startup))
@@ -544,6 +547,17 @@ impl Leaf {
             .copied()
             .filter(|id| state.batch_ids.contains(id))
             .collect()
+    }
+
+    /// Counts a request as being served until the guard drops.
+    pub fn serving(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Requests being served now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// Asks the process serving this leaf to exit (after a hand-off).
@@ -899,4 +913,13 @@ fn replay_record(
     }
     state.remember(record.header.batch_id);
     Ok(())
+}
+
+/// A request being served (see [`Leaf::serving`]).
+pub struct InFlight(Arc<Leaf>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }

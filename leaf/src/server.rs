@@ -46,6 +46,9 @@ pub async fn serve(leaf: Arc<Leaf>, endpoint: Endpoint) {
 }
 
 async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> Result<()> {
+    // Counted until its reply is delivered, so a hand-off exit does not cut
+    // an acknowledgement the client would otherwise retry elsewhere.
+    let _in_flight = leaf.serving();
     let Some(request) = read_frame::<Request>(&mut recv).await? else {
         return Ok(());
     };
