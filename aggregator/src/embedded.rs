@@ -70,6 +70,7 @@ impl Database {
                 format: InputFormat::Jsonl,
                 time_column: TIME_COLUMN_DEFAULT.to_string(),
                 seed: None,
+                dry_run: false,
             },
         )
         .await

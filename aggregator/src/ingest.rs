@@ -41,6 +41,9 @@ pub struct IngestOptions {
     pub time_column: String,
     /// Seeds placement; random when `None`.
     pub seed: Option<u64>,
+    /// Decode and check every line against the cluster's types, but send
+    /// nothing: rows that would be ingested count as ingested.
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -227,6 +230,11 @@ pub async fn ingest<R: BufRead + Send + 'static>(
                 None => input_done = true,
                 Some(Msg::Rejected(r)) => report.reject(r, &mut on_rejection),
                 Some(Msg::Failed(e)) => report.stopped = Some(e),
+                Some(Msg::Batch { lines, .. }) if options.dry_run => {
+                    report.rows_ingested += lines.len() as u64;
+                    report.batches += 1;
+                    on_progress(report.rows_ingested);
+                }
                 Some(Msg::Batch { ipc, lines }) => {
                     seq += 1;
                     let id = BatchId { session, seq };

@@ -106,6 +106,7 @@ async fn load(transport: Arc<dyn LeafTransport>, trial: u64) -> Truth {
                 format: InputFormat::Jsonl,
                 time_column: TIME_COLUMN_DEFAULT.into(),
                 seed: Some(trial * 1_000 + b as u64),
+                dry_run: false,
             },
             |_| {},
             |_| {},

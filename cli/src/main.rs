@@ -94,6 +94,10 @@ enum Command {
         /// Seed for placement (random by default).
         #[arg(long)]
         seed: Option<u64>,
+        /// Decode and check every line against the cluster's types, report
+        /// what would be ingested or rejected, and send nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         at: Where,
     },
@@ -341,8 +345,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             format,
             time_column,
             seed,
+            dry_run,
             at,
-        } => ingest_cmd(table, format, time_column, seed, at).await,
+        } => ingest_cmd(table, format, time_column, seed, dry_run, at).await,
         Command::Query {
             sql,
             format,
@@ -749,6 +754,7 @@ async fn ingest_cmd(
     format: IngestFormat,
     time_column: String,
     seed: Option<u64>,
+    dry_run: bool,
     at: Where,
 ) -> Result<ExitCode> {
     let config = client::load_config(&at.file())?;
@@ -761,6 +767,7 @@ async fn ingest_cmd(
         },
         time_column,
         seed,
+        dry_run,
     };
     let progress = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new_spinner();
@@ -800,8 +807,9 @@ async fn ingest_cmd(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), c.refresh()).await;
     }
     println!(
-        "table {table}: {} rows ingested, {} rows rejected, {} batches ({} retried), {:.2} s, {:.0} rows/s",
+        "table {table}: {} rows {}, {} rows rejected, {} batches ({} retried), {:.2} s, {:.0} rows/s",
         report.rows_ingested,
+        if dry_run { "would be ingested (dry run)" } else { "ingested" },
         report.rows_rejected,
         report.batches,
         report.retries,
