@@ -810,12 +810,6 @@ fn adopt(
             "adopting needs the disk log beside the segment".into(),
         ));
     };
-    let log = Log::open_without_replay(
-        &data_dir.join("log"),
-        options.fsync,
-        options.log_segment_bytes,
-        &manifest.log_segments,
-    )?;
     let mut state = State::default();
     let mut live = std::collections::BTreeMap::new();
     for tm in &manifest.tables {
@@ -827,7 +821,13 @@ fn adopt(
         }
         state.tables.insert(tm.name.clone(), table);
     }
-    log.set_live(&live);
+    let log = Log::open_without_replay(
+        &data_dir.join("log"),
+        options.fsync,
+        options.log_segment_bytes,
+        &manifest.log_segments,
+        &live,
+    )?;
     for id in &manifest.batch_ids {
         state.remember(*id);
     }

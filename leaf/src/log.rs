@@ -182,12 +182,14 @@ impl Log {
 
     /// Opens the log for appending without replaying it: the caller already
     /// holds its rows (adopted from a hand-off segment). `expected` lists the
-    /// segments and lengths the hand-off saw; any difference is an error.
+    /// segments and lengths the hand-off saw (any difference is an error);
+    /// `live` the records per segment the adopted blocks still hold.
     pub fn open_without_replay(
         dir: &Path,
         policy: FsyncPolicy,
         segment_bytes_max: u64,
         expected: &[(u64, u64)],
+        live: &BTreeMap<u64, u64>,
     ) -> Result<Log> {
         std::fs::create_dir_all(dir).map_err(|e| log_err(dir, e))?;
         let mut found = Vec::new();
@@ -205,12 +207,12 @@ impl Log {
                 "the disk log's segments {found:?} differ from the hand-off's {expected:?}"
             )));
         }
-        Log::start(
-            dir,
-            policy,
-            segment_bytes_max,
-            found.iter().map(|&(id, _)| (id, 0)).collect(),
-        )
+        // Counts must be known before `start`, which deletes dead segments.
+        let counts = found
+            .iter()
+            .map(|&(id, _)| (id, live.get(&id).copied().unwrap_or(0)))
+            .collect();
+        Log::start(dir, policy, segment_bytes_max, counts)
     }
 
     fn start(
@@ -362,17 +364,6 @@ impl Log {
                 *n = n.saturating_sub(records);
             }
         }
-        self.delete_dead();
-    }
-
-    /// Sets every segment's live count (after adopting blocks whose records
-    /// are known).
-    pub fn set_live(&self, counts: &BTreeMap<u64, u64>) {
-        let mut live = self.live.lock().expect("poisoned");
-        for (id, n) in live.iter_mut() {
-            *n = counts.get(id).copied().unwrap_or(0);
-        }
-        drop(live);
         self.delete_dead();
     }
 
