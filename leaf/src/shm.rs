@@ -24,7 +24,6 @@ use datafusion::arrow::ipc::reader::{read_footer_length, FileDecoder};
 use datafusion::arrow::ipc::root_as_footer;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::record_batch::RecordBatch;
-use memmap2::Mmap;
 
 use crate::error::{LeafError, Result};
 
@@ -85,12 +84,37 @@ pub fn map_block(dir: &Path, file: &BlockFile, verify: bool) -> Result<RecordBat
     // SAFETY: the file was written whole before this mapping and is never
     // truncated or written again while any process maps it (module docs), so
     // the mapped bytes stay valid and unchanged for the mapping's lifetime.
-    let mmap = unsafe { Mmap::map(&f) }.map_err(|e| io_err(&path, e))?;
+    // Populated: the kernel maps every page at once instead of one fault at
+    // a time as the checksum (or a scan) first touches it.
+    let mmap = unsafe { memmap2::MmapOptions::new().populate().map(&f) }.map_err(|e| io_err(&path, e))?;
     if verify && crc32c::crc32c(&mmap) != file.crc32c {
         return Err(io_err(&path, "checksum mismatch"));
     }
     let buffer = Buffer::from(bytes::Bytes::from_owner(mmap));
     decode_single_batch(&buffer).map_err(|e| io_err(&path, e))
+}
+
+/// Maps and checks many blocks at once, spread over the machine's cores
+/// (checking checksums is what adopting a large segment costs). Results
+/// keep the order of `files`; the first error wins.
+pub fn map_blocks(dir: &Path, files: &[&BlockFile]) -> Result<Vec<RecordBatch>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Result<RecordBatch>>>> =
+        files.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(file) = files.get(i) else { break };
+                *slots[i].lock().expect("poisoned") = Some(map_block(dir, file, true));
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|slot| slot.into_inner().expect("poisoned").expect("every block was visited"))
+        .collect()
 }
 
 /// Reads the one record batch of an IPC file held in `buffer`, without

@@ -26,7 +26,7 @@ use scuba::schema::unify_schemas;
 
 use crate::error::{LeafError, Result};
 use crate::handoff::{BlockMeta, TableManifest};
-use crate::shm::{map_block, write_block, BlockFile};
+use crate::shm::{map_blocks, write_block, BlockFile};
 
 /// Bytes a batch's rows occupy (its slices, not the buffers they share:
 /// batches decoded from IPC slice one message buffer).
@@ -388,8 +388,9 @@ impl Table {
         let mut table = Table::new(&manifest.name);
         table.schema = scuba::ipc::ipc_to_schema(&manifest.schema_ipc)?;
         table.rows_expired = manifest.rows_expired;
-        for meta in &manifest.blocks {
-            let batch = map_block(dir, &meta.file, true)?;
+        let files: Vec<&BlockFile> = manifest.blocks.iter().map(|m| &m.file).collect();
+        let batches = map_blocks(dir, &files)?;
+        for (meta, batch) in manifest.blocks.iter().zip(batches) {
             table.rows += batch.num_rows() as u64;
             table.sealed_bytes += meta.file.len_bytes;
             table.sealed.push(Arc::new(Block {
