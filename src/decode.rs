@@ -484,11 +484,19 @@ impl BatchBuilder {
         for (name, cell) in cells {
             has_time |= name == self.time_column;
             let found = cell.column_type();
-            let column_type = match self.known.get(&name) {
-                Some(&expected) => expected.unify(found).expect("checked above"),
-                None => found,
+            // Only a new column or a widening changes what is known: no
+            // clone and insert per cell on the hot path.
+            let column_type = match self.known.get_mut(&name) {
+                Some(expected) => {
+                    let unified = expected.unify(found).expect("checked above");
+                    *expected = unified;
+                    unified
+                }
+                None => {
+                    self.known.insert(name.clone(), found);
+                    found
+                }
             };
-            self.known.insert(name.clone(), column_type);
             let i = match self.index.get(&name) {
                 Some(&i) => i,
                 None => {

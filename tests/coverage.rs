@@ -99,6 +99,29 @@ fn killed_leaf_is_named_unreachable_and_its_rows_are_not_covered() {
     );
     assert_eq!(answer["rows"][0][0], live);
 
+    // A minimum the answer meets passes; one it misses fails with exit 3.
+    let loose = cluster.run(
+        &[
+            "query",
+            "--min-coverage",
+            "0.1",
+            "SELECT count(*) FROM events",
+        ],
+        None,
+    );
+    assert_eq!(loose.status.code(), Some(0));
+    let tight = cluster.run(
+        &[
+            "query",
+            "--min-coverage",
+            "0.99",
+            "SELECT count(*) FROM events",
+        ],
+        None,
+    );
+    assert_eq!(tight.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&tight.stderr).contains("below the minimum"));
+
     let strict = cluster.run(&["query", "--strict", "SELECT count(*) FROM events"], None);
     assert_eq!(
         strict.status.code(),

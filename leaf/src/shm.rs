@@ -86,7 +86,8 @@ pub fn map_block(dir: &Path, file: &BlockFile, verify: bool) -> Result<RecordBat
     // the mapped bytes stay valid and unchanged for the mapping's lifetime.
     // Populated: the kernel maps every page at once instead of one fault at
     // a time as the checksum (or a scan) first touches it.
-    let mmap = unsafe { memmap2::MmapOptions::new().populate().map(&f) }.map_err(|e| io_err(&path, e))?;
+    let mmap =
+        unsafe { memmap2::MmapOptions::new().populate().map(&f) }.map_err(|e| io_err(&path, e))?;
     if verify && crc32c::crc32c(&mmap) != file.crc32c {
         return Err(io_err(&path, "checksum mismatch"));
     }
@@ -98,7 +99,9 @@ pub fn map_block(dir: &Path, file: &BlockFile, verify: bool) -> Result<RecordBat
 /// (checking checksums is what adopting a large segment costs). Results
 /// keep the order of `files`; the first error wins.
 pub fn map_blocks(dir: &Path, files: &[&BlockFile]) -> Result<Vec<RecordBatch>> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().max(1));
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let slots: Vec<std::sync::Mutex<Option<Result<RecordBatch>>>> =
         files.iter().map(|_| std::sync::Mutex::new(None)).collect();
@@ -113,7 +116,11 @@ pub fn map_blocks(dir: &Path, files: &[&BlockFile]) -> Result<Vec<RecordBatch>> 
     });
     slots
         .into_iter()
-        .map(|slot| slot.into_inner().expect("poisoned").expect("every block was visited"))
+        .map(|slot| {
+            slot.into_inner()
+                .expect("poisoned")
+                .expect("every block was visited")
+        })
         .collect()
 }
 
