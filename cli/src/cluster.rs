@@ -176,42 +176,26 @@ pub async fn restart_leaf(dir: &Path, id: &str, handoff: bool, fsync: &str) -> R
     let file_s = file.to_string_lossy().to_string();
     let started = Instant::now();
     let old_pid = running_pid(dir, id);
+    let mut args = vec![
+        "leaf",
+        "serve",
+        "--cluster",
+        &file_s,
+        "--id",
+        id,
+        "--fsync",
+        fsync,
+    ];
     if handoff {
-        spawn(
-            dir,
-            id,
-            &[
-                "leaf",
-                "serve",
-                "--cluster",
-                &file_s,
-                "--id",
-                id,
-                "--fsync",
-                fsync,
-                "--handoff",
-            ],
-        )?;
+        // The new process asks the running one to hand off, then adopts.
+        args.push("--handoff");
     } else {
         if let Ok(c) = crate::client::Client::connect_config(&config).await {
             let _ = c.leaf_restarting(id).await;
         }
         stop(dir, id, libc::SIGTERM)?;
-        spawn(
-            dir,
-            id,
-            &[
-                "leaf",
-                "serve",
-                "--cluster",
-                &file_s,
-                "--id",
-                id,
-                "--fsync",
-                fsync,
-            ],
-        )?;
     }
+    spawn(dir, id, &args)?;
     let new_pid = running_pid(dir, id);
     let tls = TlsFiles::in_dir(&config.tls_dir(), "client");
     let leaves: Vec<(String, SocketAddr)> = config
@@ -361,38 +345,27 @@ async fn wait_ready(config: &ClusterConfig) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let client = crate::client::Client::connect_config(config).await;
-    loop {
-        if let Ok(c) = &client {
-            if let Ok(status) = c.status().await {
-                if all_up(dir_of(config), &status) {
-                    return Ok(());
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the aggregator did not see every leaf up; see logs/aggregator.log");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if client.is_err() {
-            return Box::pin(async { wait_aggregator(config, deadline).await }).await;
-        }
-    }
+    wait_aggregator(config, deadline).await
 }
 
+/// Waits until the aggregator answers and sees every leaf up.
 async fn wait_aggregator(config: &ClusterConfig, deadline: Instant) -> Result<()> {
+    let mut client = None;
     loop {
-        if let Ok(c) = crate::client::Client::connect_config(config).await {
-            if let Ok(status) = c.status().await {
-                if all_up(dir_of(config), &status) {
-                    return Ok(());
-                }
+        if client.is_none() {
+            client = crate::client::Client::connect_config(config).await.ok();
+        }
+        if let Some(c) = &client {
+            match c.status().await {
+                Ok(status) if all_up(dir_of(config), &status) => return Ok(()),
+                Ok(_) => {}
+                Err(_) => client = None, // reconnect next time round
             }
         }
         if Instant::now() > deadline {
-            bail!("the aggregator did not start; see logs/aggregator.log");
+            bail!("the aggregator did not see every leaf up in time; see logs/aggregator.log");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
