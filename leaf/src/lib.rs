@@ -2,9 +2,10 @@
 //!
 //! ```text
 //!  Ingest{table, batch_id, ipc} ──server──> Leaf::ingest
-//!        │ dedup by batch id, check types
-//!        ├──> log::Log::append ──(group fsync)──> acknowledged
-//!        └──> table::Table::append ──> open block ──seal──> sealed blocks
+//!        │ dedup by batch id, check types, make room (expire oldest blocks)
+//!        ├──> log::Log::append (segment files) ──(group fsync)──> acknowledged
+//!        └──> table::Table::append ──> open block ──seal──> shm::write_block
+//!                                                           (IPC file in /dev/shm, mapped, used in place)
 //!
 //!  Fragment{plan} ──server──> Leaf::run_fragment
 //!        │ fragment::decode_fragment: LeafScanExec -> scan of this leaf's blocks
@@ -13,11 +14,18 @@
 //!        │ merged in order or coalesced
 //!        v
 //!  Batches(IPC)... FragmentDone{table_rows} ──> aggregator
+//!
+//!  Handoff ──> Leaf::handoff: seal, write handoff::Manifest (valid flag last), exit
+//!  Leaf::open: a valid segment -> adopt its blocks in place (checked);
+//!              otherwise -> replay the log; the last moments' batches are
+//!              held back until peers say which they took over (Leaf::settle)
 //! ```
 //!
-//! After a crash, [`Leaf::open`] rebuilds every table from the disk log. The
-//! same [`Leaf`] serves the QUIC server ([`server`]) and the embedded
-//! database (in-process, no network).
+//! Expiry (retention by age, the memory budget) drops whole blocks, oldest
+//! first, and releases their records in the log, whose segments are deleted
+//! once nothing in them is held. The same [`Leaf`] serves the QUIC server
+//! ([`server`]) and the embedded database (in-process, no network, no log).
+//! All `unsafe` code is in [`shm`].
 
 pub mod error;
 pub mod fragment;
