@@ -24,7 +24,6 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
-use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::limits::{BATCH_BYTES_MAX, BATCH_ROWS_MAX, LINE_BYTES_MAX, TABLE_COLUMNS_MAX};
@@ -357,22 +356,31 @@ impl BatchBuilder {
     /// Adds one JSON line; on error the batch is unchanged.
     pub fn push_json(&mut self, line: u64, text: &str) -> Result<(), Rejection> {
         let reject = |reason: String| Rejection { line, reason };
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| reject(format!("invalid JSON: {e}")))?;
-        let Value::Object(map) = value else {
-            return Err(reject("expected a JSON object".to_string()));
-        };
-        let mut cells = Vec::with_capacity(map.len());
-        for (name, value) in map {
-            let cell = if name == self.time_column {
-                time_from_json(&value)
-                    .map_err(|reason| reject(format!("column `{name}`: {reason}")))?
-            } else {
-                cell_from_json(value)
-                    .map_err(|reason| reject(format!("column `{name}`: {reason}")))?
-            };
-            if let Some(cell) = cell {
-                cells.push((name, cell));
+        // Straight from the text into cells: no `Value` tree, keys borrowed.
+        let mut de = serde_json::Deserializer::from_str(text);
+        let entries = serde::Deserializer::deserialize_map(
+            &mut de,
+            json::LineVisitor {
+                time_column: &self.time_column,
+            },
+        )
+        .and_then(|entries| de.end().map(|()| entries))
+        .map_err(|e| reject(format!("invalid JSON: {e}")))?;
+        let mut cells = Vec::with_capacity(entries.len());
+        for (name, parsed) in entries {
+            // Lines hold a few dozen keys at most: a scan beats hashing.
+            if cells
+                .iter()
+                .any(|(n, _): &(std::borrow::Cow<'_, str>, Cell)| *n == name)
+            {
+                return Err(reject(format!("column `{name}` appears twice")));
+            }
+            match parsed {
+                json::Parsed::Cell(Some(cell)) => cells.push((name, cell)),
+                json::Parsed::Cell(None) => {}
+                json::Parsed::Bad(reason) => {
+                    return Err(reject(format!("column `{name}`: {reason}")))
+                }
             }
         }
         self.push_cells(line, text.len(), cells)
@@ -440,23 +448,24 @@ impl BatchBuilder {
         }
     }
 
-    fn push_cells(
+    fn push_cells<K: AsRef<str>>(
         &mut self,
         line: u64,
         len_bytes: usize,
-        cells: Vec<(String, Cell)>,
+        cells: Vec<(K, Cell)>,
     ) -> Result<(), Rejection> {
         let reject = |reason: String| Rejection { line, reason };
         // Check the whole line first, so a rejected line leaves no trace.
         let mut new_columns = 0;
         for (name, cell) in &cells {
+            let name = name.as_ref();
             let found = cell.column_type();
             match self.known.get(name) {
                 Some(&expected) => {
                     if expected.unify(found).is_none() {
                         let e = Error::TypeConflict {
                             table: self.table.clone(),
-                            column: name.clone(),
+                            column: name.to_string(),
                             expected: expected.name().to_string(),
                             found: found.name().to_string(),
                         };
@@ -482,30 +491,31 @@ impl BatchBuilder {
         let rows = self.rows();
         let mut has_time = false;
         for (name, cell) in cells {
+            let name = name.as_ref();
             has_time |= name == self.time_column;
             let found = cell.column_type();
             // Only a new column or a widening changes what is known: no
             // clone and insert per cell on the hot path.
-            let column_type = match self.known.get_mut(&name) {
+            let column_type = match self.known.get_mut(name) {
                 Some(expected) => {
                     let unified = expected.unify(found).expect("checked above");
                     *expected = unified;
                     unified
                 }
                 None => {
-                    self.known.insert(name.clone(), found);
+                    self.known.insert(name.to_string(), found);
                     found
                 }
             };
-            let i = match self.index.get(&name) {
+            let i = match self.index.get(name) {
                 Some(&i) => i,
                 None => {
                     self.columns.push(Column {
-                        name: name.clone(),
+                        name: name.to_string(),
                         column_type,
                         values: Values::new(column_type, rows),
                     });
-                    self.index.insert(name, self.columns.len() - 1);
+                    self.index.insert(name.to_string(), self.columns.len() - 1);
                     self.columns.len() - 1
                 }
             };
@@ -574,52 +584,6 @@ impl BatchBuilder {
     }
 }
 
-fn cell_from_json(value: Value) -> Result<Option<Cell>, String> {
-    Ok(Some(match value {
-        Value::Null => return Ok(None),
-        Value::Bool(b) => Cell::Bool(b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => Cell::Int(i),
-            None => Cell::Float(
-                n.as_f64()
-                    .ok_or_else(|| format!("number {n} is out of range"))?,
-            ),
-        },
-        Value::String(s) => Cell::Str(s),
-        Value::Array(items) => {
-            let mut tags = Vec::with_capacity(items.len());
-            for item in items {
-                match item {
-                    Value::String(s) => tags.push(s),
-                    other => {
-                        return Err(format!(
-                            "arrays must hold only strings (tags), found {}",
-                            json_kind(&other)
-                        ))
-                    }
-                }
-            }
-            Cell::Tags(tags)
-        }
-        Value::Object(_) => {
-            return Err(
-                "nested objects are not supported; flatten them into top-level columns".to_string(),
-            )
-        }
-    }))
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a bool",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// Microseconds since the epoch from unix seconds (int or fractional).
 fn seconds_to_us(seconds: f64) -> Result<i64, String> {
     let us = seconds * 1e6;
@@ -627,26 +591,6 @@ fn seconds_to_us(seconds: f64) -> Result<i64, String> {
         Ok(us.round() as i64)
     } else {
         Err(format!("time {seconds} is out of range"))
-    }
-}
-
-fn time_from_json(value: &Value) -> Result<Option<Cell>, String> {
-    match value {
-        Value::Null => Ok(None),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.checked_mul(1_000_000)
-                    .map(|us| Some(Cell::Time(us)))
-                    .ok_or_else(|| format!("time {i} is out of range"))
-            } else {
-                seconds_to_us(n.as_f64().unwrap_or(f64::NAN)).map(|us| Some(Cell::Time(us)))
-            }
-        }
-        Value::String(s) => time_from_text(s).map(Some),
-        other => Err(format!(
-            "time must be unix seconds or RFC 3339 text, found {}",
-            json_kind(other)
-        )),
     }
 }
 
@@ -678,6 +622,235 @@ fn parse_csv_record(text: &str) -> Result<Vec<String>, csv::Error> {
     let mut record = csv::StringRecord::new();
     reader.read_record(&mut record)?;
     Ok(record.iter().map(str::to_string).collect())
+}
+
+/// Reading one JSON line straight into cells (serde visitors): keys are
+/// borrowed from the line when they have no escapes, values become cells
+/// without an intermediate `serde_json::Value`.
+mod json {
+    use std::borrow::Cow;
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    use super::{seconds_to_us, time_from_text, Cell};
+
+    /// One value: a cell (none for null), or why it cannot be one.
+    pub enum Parsed {
+        Cell(Option<Cell>),
+        Bad(String),
+    }
+
+    /// A key, borrowed from the input when possible.
+    struct Key<'de>(Cow<'de, str>);
+
+    impl<'de> de::Deserialize<'de> for Key<'de> {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a string")
+                }
+                fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(v)))
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(v.to_string())))
+                }
+                fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(v)))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    /// The top level: a JSON object, as (key, value) pairs in line order.
+    pub struct LineVisitor<'a> {
+        pub time_column: &'a str,
+    }
+
+    impl<'de> Visitor<'de> for LineVisitor<'_> {
+        type Value = Vec<(Cow<'de, str>, Parsed)>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(map.size_hint().unwrap_or(16));
+            while let Some(Key(name)) = map.next_key::<Key<'de>>()? {
+                let time = name == self.time_column;
+                let parsed = map.next_value_seed(CellSeed { time })?;
+                out.push((name, parsed));
+            }
+            Ok(out)
+        }
+    }
+
+    struct CellSeed {
+        time: bool,
+    }
+
+    impl<'de> DeserializeSeed<'de> for CellSeed {
+        type Value = Parsed;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Parsed, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    fn time_kind(kind: &str) -> Parsed {
+        Parsed::Bad(format!(
+            "time must be unix seconds or RFC 3339 text, found {kind}"
+        ))
+    }
+
+    impl<'de> Visitor<'de> for CellSeed {
+        type Value = Parsed;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Parsed, E> {
+            Ok(Parsed::Cell(None))
+        }
+
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Parsed, E> {
+            Ok(if self.time {
+                time_kind("a bool")
+            } else {
+                Parsed::Cell(Some(Cell::Bool(v)))
+            })
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Parsed, E> {
+            if !self.time {
+                return Ok(Parsed::Cell(Some(Cell::Int(v))));
+            }
+            Ok(match v.checked_mul(1_000_000) {
+                Some(us) => Parsed::Cell(Some(Cell::Time(us))),
+                None => Parsed::Bad(format!("time {v} is out of range")),
+            })
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Parsed, E> {
+            match i64::try_from(v) {
+                Ok(i) => self.visit_i64(i),
+                Err(_) => self.visit_f64(v as f64),
+            }
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Parsed, E> {
+            if !self.time {
+                return Ok(Parsed::Cell(Some(Cell::Float(v))));
+            }
+            Ok(match seconds_to_us(v) {
+                Ok(us) => Parsed::Cell(Some(Cell::Time(us))),
+                Err(e) => Parsed::Bad(e),
+            })
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Parsed, E> {
+            if !self.time {
+                return Ok(Parsed::Cell(Some(Cell::Str(v.to_string()))));
+            }
+            Ok(match time_from_text(v) {
+                Ok(cell) => Parsed::Cell(Some(cell)),
+                Err(e) => Parsed::Bad(e),
+            })
+        }
+
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Parsed, E> {
+            if self.time {
+                return self.visit_str(&v);
+            }
+            Ok(Parsed::Cell(Some(Cell::Str(v))))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed, A::Error> {
+            // Read to the end even when refusing, so the line parses on.
+            let mut tags = Vec::new();
+            let mut bad: Option<&'static str> = None;
+            while let Some(item) = seq.next_element::<TagItem>()? {
+                match item {
+                    TagItem::Str(s) => tags.push(s),
+                    TagItem::Other(kind) => {
+                        bad.get_or_insert(kind);
+                    }
+                }
+            }
+            Ok(if self.time {
+                time_kind("an array")
+            } else if let Some(kind) = bad {
+                Parsed::Bad(format!(
+                    "arrays must hold only strings (tags), found {kind}"
+                ))
+            } else {
+                Parsed::Cell(Some(Cell::Tags(tags)))
+            })
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(if self.time {
+                time_kind("an object")
+            } else {
+                Parsed::Bad(
+                    "nested objects are not supported; flatten them into top-level columns".into(),
+                )
+            })
+        }
+    }
+
+    /// An element of a tags array: a string, or what else it was.
+    enum TagItem {
+        Str(String),
+        Other(&'static str),
+    }
+
+    impl<'de> de::Deserialize<'de> for TagItem {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = TagItem;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a JSON value")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<TagItem, E> {
+                    Ok(TagItem::Str(v.to_string()))
+                }
+                fn visit_string<E: de::Error>(self, v: String) -> Result<TagItem, E> {
+                    Ok(TagItem::Str(v))
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<TagItem, E> {
+                    Ok(TagItem::Other("null"))
+                }
+                fn visit_bool<E: de::Error>(self, _: bool) -> Result<TagItem, E> {
+                    Ok(TagItem::Other("a bool"))
+                }
+                fn visit_i64<E: de::Error>(self, _: i64) -> Result<TagItem, E> {
+                    Ok(TagItem::Other("a number"))
+                }
+                fn visit_u64<E: de::Error>(self, _: u64) -> Result<TagItem, E> {
+                    Ok(TagItem::Other("a number"))
+                }
+                fn visit_f64<E: de::Error>(self, _: f64) -> Result<TagItem, E> {
+                    Ok(TagItem::Other("a number"))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TagItem, A::Error> {
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(TagItem::Other("an array"))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TagItem, A::Error> {
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    Ok(TagItem::Other("an object"))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -819,6 +992,26 @@ mod tests {
             .reason
             .contains("strings"));
         assert_eq!(b.rows(), 0);
+    }
+
+    #[test]
+    fn duplicate_keys_escaped_keys_and_huge_numbers_are_handled() {
+        let mut b = builder();
+        let err = b.push_json(1, r#"{"x": 1, "x": 2}"#).unwrap_err();
+        assert!(err.reason.contains("appears twice"), "{err}");
+        b.push_json(2, r#"{"caf\u00e9": "ok", "n": 18446744073709551615}"#)
+            .unwrap();
+        let batch = b.finish().unwrap().unwrap().batch;
+        assert!(batch.column_by_name("café").is_some());
+        assert_eq!(
+            batch.column_by_name("n").unwrap().data_type(),
+            &DataType::Float64
+        );
+        assert!(builder()
+            .push_json(3, r#"{"a": 1} trailing"#)
+            .unwrap_err()
+            .reason
+            .contains("invalid JSON"));
     }
 
     #[test]
