@@ -98,8 +98,21 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
             write_frame(&mut send, &Response::Stats(leaf.stats())).await?;
         }
         Request::HeldBatches { ids } => {
-            let held = leaf.holds(&ids);
-            write_frame(&mut send, &Response::HeldBatches(held)).await?;
+            // A recovering peer asks about at most its held-back records.
+            let reply = if ids.len() > crate::leaf::UNCERTAIN_RECORDS_MAX {
+                Response::Error(WireError {
+                    kind: ErrorKind::BadRequest,
+                    message: format!(
+                        "asked about {} batches; at most {} at once",
+                        ids.len(),
+                        crate::leaf::UNCERTAIN_RECORDS_MAX
+                    ),
+                    coverage: None,
+                })
+            } else {
+                Response::HeldBatches(leaf.holds(&ids))
+            };
+            write_frame(&mut send, &reply).await?;
         }
         Request::Handoff => {
             let leaf2 = Arc::clone(&leaf);
