@@ -310,7 +310,9 @@ pub struct BatchBuilder {
     index: HashMap<String, usize>,
     lines: Vec<u64>,
     bytes: usize,
-    csv_header: Option<Vec<String>>,
+    /// The CSV header once read: its names, or why it is unusable (then
+    /// every later line is refused rather than read against a wrong header).
+    csv_header: Option<std::result::Result<Vec<String>, String>>,
 }
 
 impl BatchBuilder {
@@ -389,14 +391,20 @@ impl BatchBuilder {
     /// Adds one CSV line. The first call takes the header.
     pub fn push_csv(&mut self, line: u64, text: &str) -> Result<(), Rejection> {
         let reject = |reason: String| Rejection { line, reason };
-        let record = parse_csv_record(text).map_err(|e| reject(format!("invalid CSV: {e}")))?;
-        let Some(header) = &self.csv_header else {
-            for name in &record {
-                check_name(name).map_err(|e| reject(format!("header: {e}")))?;
+        let header = match &self.csv_header {
+            Some(Ok(header)) => header,
+            Some(Err(why)) => return Err(reject(format!("no usable CSV header ({why})"))),
+            None => {
+                let header = read_csv_header(text).map_err(|why| format!("line {line}: {why}"));
+                let outcome = header
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|why| reject(why.clone()));
+                self.csv_header = Some(header);
+                return outcome;
             }
-            self.csv_header = Some(record);
-            return Ok(());
         };
+        let record = parse_csv_record(text).map_err(|e| reject(format!("invalid CSV: {e}")))?;
         if record.len() != header.len() {
             return Err(reject(format!(
                 "expected {} fields as in the header, found {}",
@@ -422,7 +430,7 @@ impl BatchBuilder {
 
     /// True once a CSV header was read.
     pub fn has_csv_header(&self) -> bool {
-        self.csv_header.is_some()
+        matches!(self.csv_header, Some(Ok(_)))
     }
 
     fn cell_from_csv(&self, name: &str, raw: String) -> Cell {
@@ -612,6 +620,18 @@ fn time_from_text(text: &str) -> Result<Cell, String> {
                 text.chars().take(64).collect::<String>()
             )
         })
+}
+
+/// A CSV header's column names: valid, and each once.
+fn read_csv_header(text: &str) -> std::result::Result<Vec<String>, String> {
+    let names = parse_csv_record(text).map_err(|e| format!("invalid CSV header: {e}"))?;
+    for (i, name) in names.iter().enumerate() {
+        check_name(name).map_err(|e| format!("header: {e}"))?;
+        if names[..i].contains(name) {
+            return Err(format!("header: column `{name}` appears twice"));
+        }
+    }
+    Ok(names)
 }
 
 fn parse_csv_record(text: &str) -> Result<Vec<String>, csv::Error> {
@@ -1012,6 +1032,22 @@ mod tests {
             .unwrap_err()
             .reason
             .contains("invalid JSON"));
+    }
+
+    #[test]
+    fn bad_csv_header_refuses_every_line_instead_of_reading_them_wrongly() {
+        let mut b = builder();
+        assert!(b
+            .push_csv(1, "a,a,b")
+            .unwrap_err()
+            .reason
+            .contains("`a` appears twice"));
+        let err = b.push_csv(2, "1,2,3").unwrap_err();
+        assert!(
+            err.reason.contains("no usable CSV header (line 1:"),
+            "{err}"
+        );
+        assert!(b.finish().unwrap().is_none());
     }
 
     #[test]

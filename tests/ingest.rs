@@ -138,3 +138,23 @@ fn csv_input_lands_with_typed_columns() {
         ])
     );
 }
+
+#[test]
+fn a_bad_csv_header_rejects_every_line_and_lands_nothing() {
+    let cluster = TestCluster::up(1);
+    let out = cluster.ingest("c", b"a,a,b\n1,2,3\n4,5,6\n", &["--format", "csv"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stderr.contains("line 1: header: column `a` appears twice"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 3: no usable CSV header (line 1:"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("0 rows ingested, 3 rows rejected"),
+        "{stdout}"
+    );
+}
