@@ -205,6 +205,7 @@ pub async fn ingest<R: BufRead + Send + 'static>(
     mut on_progress: impl FnMut(u64),
 ) -> Result<IngestReport> {
     scuba::schema::check_name(&options.table)?;
+    scuba::schema::check_name(&options.time_column)?;
     let started = Instant::now();
     let (known, free) = survey(&transport, &options.table).await?;
     let n = free.len();
