@@ -692,13 +692,6 @@ struct Fragment {
     plan: Arc<dyn ExecutionPlan>,
 }
 
-/// Marks where a fragment was cut out; replaced by the leaves' results.
-#[derive(Debug)]
-struct FragmentSlot {
-    index: usize,
-    inner: Arc<dyn ExecutionPlan>,
-}
-
 fn is_exchange(plan: &dyn ExecutionPlan) -> bool {
     plan.is::<CoalescePartitionsExec>()
         || plan.is::<SortPreservingMergeExec>()
@@ -743,7 +736,7 @@ fn cut(
             table,
             plan: Arc::clone(&plan),
         });
-        return Ok(Arc::new(SlotMarker(FragmentSlot { index, inner: plan })));
+        return Ok(Arc::new(FragmentSlot { index, inner: plan }));
     }
     let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
     if children.is_empty() {
@@ -762,8 +755,8 @@ fn splice(
     plan: Arc<dyn ExecutionPlan>,
     sources: &[Arc<dyn ExecutionPlan>],
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    if let Some(slot) = plan.downcast_ref::<SlotMarker>() {
-        return Ok(Arc::clone(&sources[slot.0.index]));
+    if let Some(slot) = plan.downcast_ref::<FragmentSlot>() {
+        return Ok(Arc::clone(&sources[slot.index]));
     }
     let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
     if children.is_empty() {
@@ -777,28 +770,32 @@ fn splice(
     plan.with_new_children(new_children)
 }
 
-/// The slot as a plan node: it has the fragment's properties, so the plan
-/// above it stays valid until [`splice`] swaps it out. Never executed.
+/// Marks where fragment `index` was cut out, until [`splice`] puts the
+/// leaves' results there. It has the fragment's properties, so the plan
+/// above it stays valid meanwhile. Never executed.
 #[derive(Debug)]
-struct SlotMarker(FragmentSlot);
+struct FragmentSlot {
+    index: usize,
+    inner: Arc<dyn ExecutionPlan>,
+}
 
-impl datafusion::physical_plan::DisplayAs for SlotMarker {
+impl datafusion::physical_plan::DisplayAs for FragmentSlot {
     fn fmt_as(
         &self,
         _t: datafusion::physical_plan::DisplayFormatType,
         f: &mut fmt::Formatter,
     ) -> fmt::Result {
-        write!(f, "FragmentSlot: {}", self.0.index)
+        write!(f, "FragmentSlot: {}", self.index)
     }
 }
 
-impl ExecutionPlan for SlotMarker {
+impl ExecutionPlan for FragmentSlot {
     fn name(&self) -> &str {
         "FragmentSlot"
     }
 
     fn properties(&self) -> &Arc<datafusion::physical_plan::PlanProperties> {
-        self.0.inner.properties()
+        self.inner.properties()
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {

@@ -268,18 +268,12 @@ impl LeafTransport for QuicTransport {
         batch_id: BatchId,
         ipc: Arc<Vec<u8>>,
     ) -> Result<IngestAck, IngestFailure> {
-        let mut outcome = None;
-        let watched = self
-            .watched(leaf, async {
-                outcome = Some(self.ingest_unwatched(leaf, table, batch_id, ipc).await);
-                Ok(())
-            })
-            .await;
-        match (outcome, watched) {
-            (Some(o), _) => o,
-            (None, Err(reason)) => Err(IngestFailure::Unreachable(reason.to_string())),
-            (None, Ok(())) => Err(IngestFailure::Unreachable("no outcome".into())),
-        }
+        // The watchdog ends the request early when the leaf is gone.
+        self.watched(leaf, async {
+            Ok(self.ingest_unwatched(leaf, table, batch_id, ipc).await)
+        })
+        .await
+        .unwrap_or_else(|reason| Err(IngestFailure::Unreachable(reason.to_string())))
     }
 }
 

@@ -306,10 +306,6 @@ pub async fn up(
     Ok(config)
 }
 
-fn dir_of(config: &ClusterConfig) -> &Path {
-    &config.base_dir
-}
-
 /// Every leaf is up in the aggregator's eyes, and it has heard from the
 /// process now running for it (not a predecessor it still remembers).
 fn all_up(dir: &Path, status: &[scuba::wire::LeafStatus]) -> bool {
@@ -357,7 +353,7 @@ async fn wait_aggregator(config: &ClusterConfig, deadline: Instant) -> Result<()
         }
         if let Some(c) = &client {
             match c.status().await {
-                Ok(status) if all_up(dir_of(config), &status) => return Ok(()),
+                Ok(status) if all_up(&config.base_dir, &status) => return Ok(()),
                 Ok(_) => {}
                 Err(_) => client = None, // reconnect next time round
             }
