@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Restart benchmark: a leaf holding 1, 4 and 8 GiB restarted with --handoff
 # (a successor adopts its shared memory in place) versus from its disk log.
-# Measures, per size: the time from `scubactl leaf restart` to the new
-# process answering (as the command prints it), and query time on adopted
-# versus freshly recovered data. One leaf, wide rows (1 KiB strings) so the
+# Measures, per size (medians of HANDOFF_RUNS hand-offs): the time from
+# `scubactl leaf restart` to the new process answering (as the command
+# prints it); the first query right after it (which checks the blocks the
+# background pass has not reached yet); the background pass's time (leaf
+# log); and query time on adopted versus freshly recovered data. One leaf, wide rows (1 KiB strings) so the
 # data reaches GiBs quickly. Needs free memory of about 2x the largest size
 # (shared memory + page cache) and the same on disk for the log.
 #
@@ -49,23 +51,46 @@ query_ms() { # median of 5 runs of $Q, in ms
     tail -5 "$dir/times" | sort -n | sed -n 3p | awk '{printf "%d", $1 * 1000}'
 }
 
-printf '| data | hand-off restart (ms, median of %s) | disk-log restart (ms) | ratio | query on adopted (ms) | query on recovered (ms) |\n' "$HANDOFF_RUNS"
-printf '|---|---|---|---|---|---|\n'
+first_query_ms() { # one run of $Q, in ms
+    /usr/bin/time -f %e "$S" query "$Q" --dir "$dir" 2>&1 >/dev/null | tail -1 | awk '{printf "%d", $1 * 1000}'
+}
+
+# Seconds the newest adopted segment's background check took (leaf log).
+checked_s() {
+    local deadline=$((SECONDS + 120)) n
+    n=$(grep -c "checked every adopted block" "$dir/logs/leaf-0.log" || true)
+    while [ "$n" -lt "$1" ] && [ $SECONDS -lt $deadline ]; do
+        sleep 0.05
+        n=$(grep -c "checked every adopted block" "$dir/logs/leaf-0.log" || true)
+    done
+    grep "checked every adopted block" "$dir/logs/leaf-0.log" | tail -1 | grep -o 'seconds=[0-9.]*' | cut -d= -f2
+}
+
+median() { sort -n | sed -n "$(( (HANDOFF_RUNS + 1) / 2 ))p"; }
+
+printf '| data | hand-off restart (ms) | first query after it (ms) | background check (s) | disk-log restart (ms) | ratio | query on adopted (ms) | query on recovered (ms) |\n'
+printf '|---|---|---|---|---|---|---|---|\n'
 rows_per_gib=$(( (1 << 30) / 1060 ))
 have=0
+checks=0
 for gib in $SIZES_GIB; do
     want=$(( gib * rows_per_gib ))
     gen "$have" $(( want - have )) | "$S" ingest --table wide --dir "$dir" >/dev/null
     have=$want
     used=$("$S" cluster status --dir "$dir" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["memory_used_bytes"])')
-    handoff=()
+    handoff=(); first=(); check=()
     for _ in $(seq "$HANDOFF_RUNS"); do
         handoff+=("$("$S" leaf restart leaf-0 --handoff --dir "$dir" | grep -o '[0-9]* ms' | grep -o '[0-9]*')")
+        first+=("$(first_query_ms)")
+        checks=$((checks + 1))
+        check+=("$(checked_s "$checks")")
     done
-    h=$(printf '%s\n' "${handoff[@]}" | sort -n | sed -n "$(( (HANDOFF_RUNS + 1) / 2 ))p")
+    h=$(printf '%s\n' "${handoff[@]}" | median)
+    f=$(printf '%s\n' "${first[@]}" | median)
+    c=$(printf '%s\n' "${check[@]}" | median)
     q_adopted=$(query_ms)
     d=$("$S" leaf restart leaf-0 --dir "$dir" | grep -o '[0-9]* ms' | grep -o '[0-9]*')
     q_recovered=$(query_ms)
-    printf '| %s GiB (%s rows, %.2f GiB in memory) | %s | %s | %sx | %s | %s |\n' \
-        "$gib" "$have" "$(echo "$used / 1073741824" | bc -l)" "$h" "$d" "$(( d / (h > 0 ? h : 1) ))" "$q_adopted" "$q_recovered"
+    printf '| %s GiB (%s rows, %.2f GiB in memory) | %s | %s | %s | %s | %sx | %s | %s |\n' \
+        "$gib" "$have" "$(echo "$used / 1073741824" | bc -l)" "$h" "$f" "$c" "$d" "$(( d / (h > 0 ? h : 1) ))" "$q_adopted" "$q_recovered"
 done

@@ -30,6 +30,11 @@ pub enum LeafError {
     #[error("leaf `{leaf}` is restarting and takes no writes")]
     Restarting { leaf: String },
 
+    /// An adopted block failed its check: the leaf never reads it and
+    /// recovers from its disk log instead.
+    #[error("block {block} of the adopted hand-off segment failed its check ({reason}); the leaf is recovering from its disk log")]
+    BlockRefused { block: String, reason: String },
+
     #[error("too many tables on leaf (at most {max})")]
     TooManyTables { max: usize },
 
@@ -63,7 +68,7 @@ impl LeafError {
             | LeafError::ReplyTooLarge { .. } => ErrorKind::BadRequest,
             LeafError::DataFusion(_) | LeafError::StaleSchema { .. } => ErrorKind::BadRequest,
             LeafError::MemoryFull { .. } => ErrorKind::MemoryFull,
-            LeafError::Restarting { .. } => ErrorKind::Restarting,
+            LeafError::Restarting { .. } | LeafError::BlockRefused { .. } => ErrorKind::Restarting,
             _ => ErrorKind::Internal,
         };
         WireError {

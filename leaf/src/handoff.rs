@@ -12,11 +12,15 @@
 //!
 //! The old leaf writes the header with `valid = 0`, the manifest, and only
 //! then sets `valid = 1`: a crash mid-way leaves an invalid segment. The
-//! successor refuses the segment on any doubt (magic, layout version, valid
-//! flag, manifest checksum, a block's length or checksum, the disk log's
-//! length) and then recovers from the disk log instead; it never serves a
-//! segment it could not check. Once adopted, the header is removed, so a
-//! later crash cannot leave a stale segment behind.
+//! successor refuses the segment on any doubt it can settle at once (magic,
+//! layout version, valid flag, manifest checksum, a block file missing or of
+//! another length, the disk log's segments) and then recovers from the disk
+//! log instead. What costs a pass over the data (each block's crc32c and
+//! Arrow validation) is done after the leaf starts serving: each block
+//! before its first scan, and all of them in one background pass; a block
+//! that fails is never read, and the leaf drops everything adopted and
+//! recovers from the log in place (`Leaf::check_adopted`). Once adopted, the
+//! header is removed, so a later crash cannot leave a stale segment behind.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -29,7 +33,7 @@ use crate::shm::BlockFile;
 
 /// Bumped whenever the segment's layout changes; a successor with another
 /// version recovers from disk instead.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 pub const HEADER_FILE: &str = "segment.hdr";
 const MAGIC: [u8; 8] = *b"SCUBASHM";
@@ -84,6 +88,7 @@ impl Header {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BlockMeta {
     pub file: BlockFile,
+    pub rows: u64,
     /// Log records its rows came from: (segment, records).
     pub segments: Vec<(u64, u64)>,
     pub time_min_us: Option<i64>,
@@ -221,7 +226,7 @@ mod tests {
     #[test]
     fn every_corruption_is_refused_with_its_reason() {
         assert!(corrupt(0, b'X').contains("magic"));
-        assert!(corrupt(8, 2).contains("layout version"));
+        assert!(corrupt(8, LAYOUT_VERSION as u8 + 1).contains("layout version"));
         assert!(corrupt(VALID_OFFSET, 0).contains("valid flag"));
         assert!(corrupt(HEADER_BYTES as u64 + 1, 0xee).contains("checksum"));
     }

@@ -5,6 +5,12 @@
 //! log's order is the apply order) -> fsync, shared with concurrent batches
 //! (outside the lock) -> acknowledge. A batch is acknowledged only once it
 //! is both in memory and in the log.
+//!
+//! Start-up: a valid hand-off segment is adopted in place and served at
+//! once; its blocks are checked before their first use and by a background
+//! pass ([`Leaf::check_adopted`]), which on a failed block drops everything
+//! adopted and rebuilds the tables from the log while queries see the leaf
+//! as restarting. Without a segment, the tables are rebuilt from the log.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -226,7 +232,12 @@ impl State {
 pub struct Leaf {
     options: LeafOptions,
     state: RwLock<State>,
-    log: Option<Log>,
+    /// Replaced only when an adopted segment fails its check and the leaf
+    /// recovers from the log instead.
+    log: RwLock<Option<Arc<Log>>>,
+    /// Where the check of an adopted segment stands.
+    adoption: std::sync::Mutex<Adoption>,
+    adoption_changed: std::sync::Condvar,
     store: Option<BlockStore>,
     accepting_writes: AtomicBool,
     handed_off: AtomicBool,
@@ -238,6 +249,21 @@ pub struct Leaf {
     pending: std::sync::Mutex<Vec<crate::log::Record>>,
     /// Requests being served; a hand-off exit waits for their replies.
     in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// An adopted segment is served at once; its blocks are checked before
+/// their first use and by one pass over all of them right after adoption.
+#[derive(Debug, Clone, PartialEq)]
+enum Adoption {
+    /// Nothing adopted is left unchecked.
+    Settled,
+    /// The pass over the adopted blocks is running.
+    Checking,
+    /// A block failed: nothing adopted is served; the leaf is rebuilding
+    /// its tables from the disk log.
+    Recovering,
+    /// That recovery failed too (the log line says why).
+    Failed(String),
 }
 
 /// Records logged within this long of a crash may not have been
@@ -319,10 +345,10 @@ impl Leaf {
                 .map(|b| b.file.len_bytes)
                 .sum();
             let seconds = started.elapsed().as_secs_f64();
-            tracing::info!(leaf = %options.id, rows, blocks, bytes, seconds, "adopted the hand-off segment in place");
+            tracing::info!(leaf = %options.id, rows, blocks, bytes, seconds, "adopted the hand-off segment in place; checking its blocks");
             (
                 state,
-                Some(log),
+                Some(Arc::new(log)),
                 Startup::Adopted {
                     rows,
                     blocks,
@@ -332,86 +358,30 @@ impl Leaf {
                 Vec::new(),
             )
         } else if let Some(dir) = &options.data_dir {
-            let mut state = State::default();
-            let mut expired = Expired::default();
-            let now = now_us();
-            let mut held: std::collections::VecDeque<crate::log::Record> =
-                std::collections::VecDeque::new();
-            let tombstones = crate::log::load_tombstones(&dir.join("log"))?;
-            let (log, recovery) = Log::open(
-                &dir.join("log"),
-                options.fsync,
-                options.log_segment_bytes,
-                |record| {
-                    // A batch another leaf took over after this one died.
-                    if tombstones.contains(&record.header.batch_id) {
-                        expired.segments.push((record.segment, 1));
-                        state.remember(record.header.batch_id);
-                        return Ok(());
-                    }
-                    // Hold back the newest records until the window ends at the
-                    // last one; apply older ones as they leave the window.
-                    let newest = record.header.time_us;
-                    held.push_back(record);
-                    while let Some(front) = held.front() {
-                        let outside = newest - front.header.time_us > UNCERTAIN_WINDOW_MS * 1000;
-                        if !outside && held.len() <= UNCERTAIN_RECORDS_MAX {
-                            break;
-                        }
-                        let record = held.pop_front().expect("non-empty");
-                        replay_record(
-                            &mut state,
-                            &options,
-                            store.as_ref(),
-                            record,
-                            now,
-                            &mut expired,
-                        )?;
-                    }
-                    Ok(())
-                },
-            )?;
-            let pending: Vec<crate::log::Record> = held.into_iter().collect();
-            for (segment, records) in std::mem::take(&mut expired.segments) {
-                log.release(segment, records);
-            }
-            for name in expired.files {
-                if let Some(dir) = &options.shm_dir {
-                    let _ = std::fs::remove_file(dir.join(name));
-                }
-            }
-            let rows: u64 = state.tables.values().map(Table::rows).sum();
-            let seconds = started.elapsed().as_secs_f64();
-            tracing::info!(
-                leaf = %options.id,
-                records = recovery.records,
-                rows,
-                bytes = recovery.bytes,
-                seconds,
-                rows_per_s = rows as f64 / seconds.max(1e-9),
-                "recovered from the disk log"
-            );
-            let startup = if recovery.records == 0 && refused_segment.is_none() {
-                Startup::Empty
-            } else {
-                Startup::Recovered {
-                    recovery,
-                    rows,
-                    seconds,
-                    refused_segment,
-                    held_back: pending.len(),
-                }
-            };
-            (state, Some(log), startup, pending)
+            recover(
+                &options,
+                dir,
+                store.as_ref(),
+                refused_segment,
+                true,
+                started,
+            )?
         } else {
             (State::default(), None, Startup::Empty, Vec::new())
         };
+        let adopted = matches!(startup, Startup::Adopted { .. });
         let config =
             SessionConfig::new().with_target_partitions(crate::fragment::LEAF_SCAN_PARTITIONS);
-        let leaf = Leaf {
+        let leaf = Arc::new(Leaf {
             options,
             state: RwLock::new(state),
-            log,
+            log: RwLock::new(log),
+            adoption: std::sync::Mutex::new(if adopted {
+                Adoption::Checking
+            } else {
+                Adoption::Settled
+            }),
+            adoption_changed: std::sync::Condvar::new(),
             store,
             accepting_writes: AtomicBool::new(true),
             handed_off: AtomicBool::new(false),
@@ -419,8 +389,138 @@ impl Leaf {
             pending: std::sync::Mutex::new(pending),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             session: SessionContext::new_with_config(config),
+        });
+        if adopted {
+            let checking = Arc::clone(&leaf);
+            std::thread::Builder::new()
+                .name("check-adopted".into())
+                .spawn(move || checking.check_adopted())?;
+        }
+        Ok((leaf, startup))
+    }
+
+    /// Checks every adopted block (all cores), right after adoption; scans
+    /// meanwhile check the blocks they read first. A block that fails means
+    /// the predecessor's memory cannot be trusted: nothing adopted is served
+    /// any more, and the leaf rebuilds its tables from its disk log (which
+    /// holds every row, including those written since the adoption).
+    fn check_adopted(&self) {
+        let started = std::time::Instant::now();
+        let blocks: Vec<Arc<crate::table::Block>> = {
+            let state = self.state.read().expect("leaf state poisoned");
+            state
+                .tables
+                .values()
+                .flat_map(|t| t.sealed_blocks().iter().cloned())
+                .collect()
         };
-        Ok((Arc::new(leaf), startup))
+        match crate::table::check_blocks(&blocks) {
+            Ok(()) => {
+                let bytes: u64 = blocks.iter().map(|b| b.memory_bytes).sum();
+                let seconds = started.elapsed().as_secs_f64();
+                tracing::info!(
+                    leaf = %self.options.id,
+                    blocks = blocks.len(),
+                    bytes,
+                    seconds,
+                    gib_per_s = bytes as f64 / (1u64 << 30) as f64 / seconds.max(1e-9),
+                    "checked every adopted block"
+                );
+                self.set_adoption(Adoption::Settled);
+            }
+            Err(e) => {
+                drop(blocks);
+                let reason = e.to_string();
+                tracing::warn!(leaf = %self.options.id, "adopted hand-off segment refused: {reason}; recovering from the disk log");
+                self.set_adoption(Adoption::Recovering);
+                match self.recover_in_place(reason) {
+                    Ok(()) => self.set_adoption(Adoption::Settled),
+                    Err(e) => {
+                        tracing::error!(leaf = %self.options.id, "recovery from the disk log failed: {e}");
+                        self.set_adoption(Adoption::Failed(e.to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops every table and rebuilds them from the disk log, while queries
+    /// are told the leaf is restarting and writes go to other leaves.
+    fn recover_in_place(&self, reason: String) -> Result<()> {
+        let started = std::time::Instant::now();
+        self.accepting_writes.store(false, Ordering::SeqCst);
+        let Some(data_dir) = &self.options.data_dir else {
+            return Err(LeafError::Internal("no disk log to recover from".into()));
+        };
+        {
+            // The write lock waits for scans and ingests in flight; the log
+            // holds every batch acknowledged so far.
+            let mut state = self.state.write().expect("leaf state poisoned");
+            *state = State::default();
+            let old = self.log.write().expect("log poisoned").take();
+            if let Some(log) = old {
+                log.sync_to(log.written_bytes())?;
+            }
+        }
+        if let Some(dir) = &self.options.shm_dir {
+            clear_dir(dir);
+        }
+        // Every record was acknowledged by a running leaf (no crash): none
+        // is uncertain, so none is held back.
+        let (state, log, _, _) = recover(
+            &self.options,
+            data_dir,
+            self.store.as_ref(),
+            Some(reason),
+            false,
+            started,
+        )?;
+        let mut current = self.state.write().expect("leaf state poisoned");
+        *current = state;
+        *self.log.write().expect("log poisoned") = log;
+        self.accepting_writes.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn set_adoption(&self, to: Adoption) {
+        *self.adoption.lock().expect("poisoned") = to;
+        self.adoption_changed.notify_all();
+    }
+
+    /// Refuses reads while nothing may be served (recovering after an
+    /// adopted block failed its check).
+    fn check_serving(&self) -> Result<()> {
+        match &*self.adoption.lock().expect("poisoned") {
+            Adoption::Settled | Adoption::Checking => Ok(()),
+            Adoption::Recovering => Err(LeafError::Restarting {
+                leaf: self.options.id.clone(),
+            }),
+            Adoption::Failed(why) => Err(LeafError::Internal(format!(
+                "recovery from the disk log failed: {why}"
+            ))),
+        }
+    }
+
+    /// Waits until no adopted block is left unchecked (or recovery ended).
+    pub fn wait_until_checked(&self) -> Result<()> {
+        let mut adoption = self.adoption.lock().expect("poisoned");
+        loop {
+            match &*adoption {
+                Adoption::Settled => return Ok(()),
+                Adoption::Failed(why) => {
+                    return Err(LeafError::Internal(format!(
+                        "recovery from the disk log failed: {why}"
+                    )))
+                }
+                Adoption::Checking | Adoption::Recovering => {
+                    adoption = self.adoption_changed.wait(adoption).expect("poisoned");
+                }
+            }
+        }
+    }
+
+    fn log(&self) -> Option<Arc<Log>> {
+        self.log.read().expect("log poisoned").clone()
     }
 
     /// Stops taking writes, seals every open block into shared memory and
@@ -432,20 +532,23 @@ impl Leaf {
                 "this leaf keeps no shared memory to hand off".into(),
             ));
         };
+        // A successor gets only blocks this process checked (or wrote).
+        self.wait_until_checked()?;
         self.accepting_writes.store(false, Ordering::SeqCst);
         // The write lock waits for every ingest in flight to finish.
         let mut state = self.state.write().expect("leaf state poisoned");
+        let log = self.log();
         let mut expired = Expired::default();
         for (name, t) in state.tables.iter_mut() {
             let cutoff = cutoff_us(&self.options.retention_s, name, now_us());
             merge_expired(&mut expired, t.seal(Some(store), cutoff)?);
         }
-        if let Some(log) = &self.log {
+        if let Some(log) = &log {
             for (segment, records) in std::mem::take(&mut expired.segments) {
                 log.release(segment, records);
             }
         }
-        let log_segments = match &self.log {
+        let log_segments = match &log {
             Some(log) => {
                 log.sync_to(log.written_bytes())?;
                 log.segments()?
@@ -503,7 +606,7 @@ impl Leaf {
             .map(|r| r.header.batch_id)
             .filter(|id| elsewhere.contains(id))
             .collect();
-        if let Some(log) = &self.log {
+        if let Some(log) = self.log() {
             log.add_tombstones(&gone)?;
         }
         let mut expired = Expired::default();
@@ -597,6 +700,7 @@ impl Leaf {
         let incoming_bytes: u64 = batches.iter().map(crate::table::batch_bytes).sum();
         let cutoff = cutoff_us(&self.options.retention_s, table, now_us());
         let mut expired = Expired::default();
+        let mut log = None;
         let result = self.ingest_locked(
             table,
             batch_id,
@@ -605,14 +709,15 @@ impl Leaf {
             incoming_bytes,
             cutoff,
             &mut expired,
+            &mut log,
         );
         // Expired blocks are released even when the batch was refused.
-        self.release(expired);
+        self.release_in(expired, log.as_deref());
         let (rows, log_end, duplicate) = result?;
-        if let (Some(log), Some(end)) = (&self.log, log_end) {
+        if let (Some(log), Some(end)) = (&log, log_end) {
             log.sync_to(end)?;
         } else if duplicate {
-            if let Some(log) = &self.log {
+            if let Some(log) = &log {
                 // The first copy may still be waiting for its fsync.
                 log.sync_to(log.written_bytes())?;
             }
@@ -625,7 +730,8 @@ impl Leaf {
     }
 
     /// The part of an ingest done under the write lock: dedup, make room,
-    /// check, log, apply. Returns (rows, log position, duplicate).
+    /// check, log, apply. Returns (rows, log position, duplicate); `log` is
+    /// set to the log the batch went to.
     #[allow(clippy::too_many_arguments)]
     fn ingest_locked(
         &self,
@@ -636,8 +742,17 @@ impl Leaf {
         incoming_bytes: u64,
         cutoff: Option<i64>,
         expired: &mut Expired,
+        log: &mut Option<Arc<Log>>,
     ) -> Result<(u64, Option<u64>, bool)> {
         let mut state = self.state.write().expect("leaf state poisoned");
+        // Checked again under the lock: a recovery in place stops writes
+        // before it takes the lock.
+        if !self.accepting_writes.load(Ordering::SeqCst) {
+            return Err(LeafError::Restarting {
+                leaf: self.options.id.clone(),
+            });
+        }
+        *log = self.log();
         if state.batch_ids.contains(&batch_id) {
             return Ok((0, None, true));
         }
@@ -653,7 +768,7 @@ impl Leaf {
                 limit_bytes: self.options.memory_limit_bytes,
             });
         }
-        let appended = match &self.log {
+        let appended = match log {
             Some(log) => Some(log.append(table, batch_id, ipc)?),
             None => None,
         };
@@ -672,10 +787,15 @@ impl Leaf {
     /// Releases what expired: its log records, and its shared-memory files
     /// (a scan still reading a block keeps its mapping until it ends).
     fn release(&self, expired: Expired) {
+        self.release_in(expired, self.log().as_deref());
+    }
+
+    /// [`Leaf::release`], with the log the expired records are in.
+    fn release_in(&self, expired: Expired, log: Option<&Log>) {
         if expired.blocks > 0 || expired.rows > 0 {
             tracing::info!(leaf = %self.options.id, rows = expired.rows, blocks = expired.blocks, "expired");
         }
-        if let Some(log) = &self.log {
+        if let Some(log) = log {
             for (segment, records) in expired.segments {
                 log.release(segment, records);
             }
@@ -693,16 +813,17 @@ impl Leaf {
             return;
         }
         let mut expired = Expired::default();
-        self.state
-            .write()
-            .expect("leaf state poisoned")
-            .expire_by_age(&self.options.retention_s, now_us(), &mut expired);
-        self.release(expired);
+        let log = {
+            let mut state = self.state.write().expect("leaf state poisoned");
+            state.expire_by_age(&self.options.retention_s, now_us(), &mut expired);
+            self.log()
+        };
+        self.release_in(expired, log.as_deref());
     }
 
     /// Bytes the disk log holds.
     pub fn log_disk_bytes(&self) -> u64 {
-        self.log.as_ref().map_or(0, Log::disk_bytes)
+        self.log().map_or(0, |log| log.disk_bytes())
     }
 
     pub fn memory_free_bytes(&self) -> u64 {
@@ -755,6 +876,7 @@ impl Leaf {
         table: &str,
         plan: &[u8],
     ) -> Result<(u64, SendableRecordBatchStream)> {
+        self.check_serving()?;
         let task: Arc<TaskContext> = self.session.task_ctx();
         let source = Arc::new(LeafScan {
             leaf: Arc::clone(self),
@@ -782,6 +904,9 @@ struct LeafScan {
 impl ScanSource for LeafScan {
     fn scan(&self, table: &str, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
         let state = self.leaf.state.read().expect("leaf state poisoned");
+        // Under the lock: a recovery in place says so before it empties
+        // the tables, so an empty table here is never a recovering one.
+        self.leaf.check_serving()?;
         let Some(t) = state.tables.get(table) else {
             *self.rows_seen.lock().expect("poisoned") = Some(0);
             return Ok(Vec::new());
@@ -791,6 +916,88 @@ impl ScanSource for LeafScan {
         *self.rows_seen.lock().expect("poisoned") = Some(t.rows());
         Ok(batches)
     }
+}
+
+/// What recovery from the log rebuilt: the tables, the log, how it went,
+/// and the records held back for [`Leaf::settle`].
+type Recovered = (State, Option<Arc<Log>>, Startup, Vec<crate::log::Record>);
+
+/// Rebuilds a leaf's tables from its disk log in `dir`. With `hold_back`
+/// (after a crash), the records of the last moments are held back for
+/// [`Leaf::settle`] instead of applied.
+fn recover(
+    options: &LeafOptions,
+    dir: &std::path::Path,
+    store: Option<&BlockStore>,
+    refused_segment: Option<String>,
+    hold_back: bool,
+    started: std::time::Instant,
+) -> Result<Recovered> {
+    let mut state = State::default();
+    let mut expired = Expired::default();
+    let now = now_us();
+    let mut held: std::collections::VecDeque<crate::log::Record> =
+        std::collections::VecDeque::new();
+    let tombstones = crate::log::load_tombstones(&dir.join("log"))?;
+    let (log, recovery) = Log::open(
+        &dir.join("log"),
+        options.fsync,
+        options.log_segment_bytes,
+        |record| {
+            // A batch another leaf took over after this one died.
+            if tombstones.contains(&record.header.batch_id) {
+                expired.segments.push((record.segment, 1));
+                state.remember(record.header.batch_id);
+                return Ok(());
+            }
+            // Hold back the newest records until the window ends at the
+            // last one; apply older ones as they leave the window (all at
+            // once without `hold_back`).
+            let newest = record.header.time_us;
+            held.push_back(record);
+            while let Some(front) = held.front() {
+                let outside = newest - front.header.time_us > UNCERTAIN_WINDOW_MS * 1000;
+                if hold_back && !outside && held.len() <= UNCERTAIN_RECORDS_MAX {
+                    break;
+                }
+                let record = held.pop_front().expect("non-empty");
+                replay_record(&mut state, options, store, record, now, &mut expired)?;
+            }
+            Ok(())
+        },
+    )?;
+    let pending: Vec<crate::log::Record> = held.into_iter().collect();
+    for (segment, records) in std::mem::take(&mut expired.segments) {
+        log.release(segment, records);
+    }
+    for name in expired.files {
+        if let Some(dir) = &options.shm_dir {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+    }
+    let rows: u64 = state.tables.values().map(Table::rows).sum();
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        leaf = %options.id,
+        records = recovery.records,
+        rows,
+        bytes = recovery.bytes,
+        seconds,
+        rows_per_s = rows as f64 / seconds.max(1e-9),
+        "recovered from the disk log"
+    );
+    let startup = if recovery.records == 0 && refused_segment.is_none() {
+        Startup::Empty
+    } else {
+        Startup::Recovered {
+            recovery,
+            rows,
+            seconds,
+            refused_segment,
+            held_back: pending.len(),
+        }
+    };
+    Ok((state, Some(Arc::new(log)), startup, pending))
 }
 
 /// Maps and checks every block a manifest lists, and the disk log's length.

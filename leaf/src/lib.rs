@@ -16,7 +16,9 @@
 //!  Batches(IPC)... FragmentDone{table_rows} ──> aggregator
 //!
 //!  Handoff ──> Leaf::handoff: seal, write handoff::Manifest (valid flag last), exit
-//!  Leaf::open: a valid segment -> adopt its blocks in place (checked);
+//!  Leaf::open: a valid segment -> map its blocks in place and serve at once;
+//!              each block is checked (crc32c) before its first scan and by a
+//!              background pass; a failed check -> drop them, replay the log
 //!              otherwise -> replay the log; the last moments' batches are
 //!              held back until peers say which they took over (Leaf::settle)
 //! ```

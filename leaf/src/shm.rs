@@ -7,9 +7,10 @@
 //!  scan:  RecordBatch whose buffers point into the mapping  <──FileDecoder─┘ (require_alignment)
 //! ```
 //!
-//! A successor process maps the same files and decodes them the same way:
-//! no copy, so adopting a leaf's data costs what mapping and checking it
-//! costs. Block files are written whole before they are mapped and are never
+//! A successor process maps the same files ([`Unchecked`]) and decodes them
+//! the same way once each has passed its checksum: no copy, so adopting a
+//! leaf's data costs what mapping it costs, and checking it can wait until
+//! just before its first use. Block files are written whole before they are mapped and are never
 //! truncated or rewritten while mapped (a truncated mapping would SIGBUS);
 //! they are removed only when no process will map them again.
 
@@ -64,64 +65,71 @@ pub fn write_block(
         crc32c,
     };
     drop(bytes);
-    // Checked once here (it was just computed); a successor checks again.
-    let batch = map_block(dir, &description, false)?;
+    // Just written from a batch in memory: no checksum pass here (a
+    // successor checks before its first use).
+    let buffer = Buffer::from(bytes::Bytes::from_owner(map_file(
+        &path,
+        description.len_bytes,
+        true,
+    )?));
+    let batch = decode_single_batch(&buffer).map_err(|e| io_err(&path, e))?;
     Ok((batch, description))
 }
 
-/// Maps `dir/file.name` and decodes its one batch in place. With `verify`,
-/// the length and checksum must match `file` first.
-pub fn map_block(dir: &Path, file: &BlockFile, verify: bool) -> Result<RecordBatch> {
-    let path: PathBuf = dir.join(&file.name);
-    let f = File::open(&path).map_err(|e| io_err(&path, e))?;
-    let len = f.metadata().map_err(|e| io_err(&path, e))?.len();
-    if len != file.len_bytes {
-        return Err(io_err(
-            &path,
-            format!("length {len}, expected {}", file.len_bytes),
-        ));
+/// Maps `path`, which must be `len_bytes` long. With `populate`, the kernel
+/// maps every page at once instead of one fault at a time.
+fn map_file(path: &Path, len_bytes: u64, populate: bool) -> Result<memmap2::Mmap> {
+    let f = File::open(path).map_err(|e| io_err(path, e))?;
+    let len = f.metadata().map_err(|e| io_err(path, e))?.len();
+    if len != len_bytes {
+        return Err(io_err(path, format!("length {len}, expected {len_bytes}")));
+    }
+    let mut options = memmap2::MmapOptions::new();
+    if populate {
+        options.populate();
     }
     // SAFETY: the file was written whole before this mapping and is never
     // truncated or written again while any process maps it (module docs), so
     // the mapped bytes stay valid and unchanged for the mapping's lifetime.
-    // Populated: the kernel maps every page at once instead of one fault at
-    // a time as the checksum (or a scan) first touches it.
-    let mmap =
-        unsafe { memmap2::MmapOptions::new().populate().map(&f) }.map_err(|e| io_err(&path, e))?;
-    if verify && crc32c::crc32c(&mmap) != file.crc32c {
-        return Err(io_err(&path, "checksum mismatch"));
-    }
-    let buffer = Buffer::from(bytes::Bytes::from_owner(mmap));
-    decode_single_batch(&buffer).map_err(|e| io_err(&path, e))
+    unsafe { options.map(&f) }.map_err(|e| io_err(path, e))
 }
 
-/// Maps and checks many blocks at once, spread over the machine's cores
-/// (checking checksums is what adopting a large segment costs). Results
-/// keep the order of `files`; the first error wins.
-pub fn map_blocks(dir: &Path, files: &[&BlockFile]) -> Result<Vec<RecordBatch>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(files.len().max(1));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<Option<Result<RecordBatch>>>> =
-        files.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(file) = files.get(i) else { break };
-                *slots[i].lock().expect("poisoned") = Some(map_block(dir, file, true));
-            });
-        }
-    });
-    slots
-        .into_iter()
-        .map(|slot| {
-            slot.into_inner()
-                .expect("poisoned")
-                .expect("every block was visited")
+/// A predecessor's block file, mapped (its length checked) but not yet
+/// read: adopting a segment maps every block this way, which costs no more
+/// than the number of files; the bytes are checked on first use.
+#[derive(Debug)]
+pub struct Unchecked {
+    path: PathBuf,
+    mmap: memmap2::Mmap,
+    crc32c: u32,
+}
+
+impl Unchecked {
+    /// Maps `dir/file.name`; fails when the file is missing or its length
+    /// is not the one listed.
+    pub fn map(dir: &Path, file: &BlockFile) -> Result<Unchecked> {
+        let path = dir.join(&file.name);
+        let mmap = map_file(&path, file.len_bytes, false)?;
+        Ok(Unchecked {
+            path,
+            mmap,
+            crc32c: file.crc32c,
         })
-        .collect()
+    }
+
+    /// Checks the bytes against the listed crc32c, then decodes the batch
+    /// in place (Arrow validates the layout and every value as it decodes).
+    pub fn check(self) -> Result<RecordBatch> {
+        // Read the pages in ahead of the sum rather than one fault at a
+        // time (a hint: older kernels refuse it, and faults still work).
+        let _ = self.mmap.advise(memmap2::Advice::PopulateRead);
+        let crc = crc32c::crc32c(&self.mmap);
+        if crc != self.crc32c {
+            return Err(io_err(&self.path, "checksum mismatch"));
+        }
+        let buffer = Buffer::from(bytes::Bytes::from_owner(self.mmap));
+        decode_single_batch(&buffer).map_err(|e| io_err(&self.path, e))
+    }
 }
 
 /// Reads the one record batch of an IPC file held in `buffer`, without
@@ -195,7 +203,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mapped, file) = write_block(dir.path(), "b0.arrow", &batch()).unwrap();
         assert_eq!(mapped, batch());
-        let again = map_block(dir.path(), &file, true).unwrap();
+        let again = Unchecked::map(dir.path(), &file).unwrap().check().unwrap();
         assert_eq!(again, batch());
         assert!(again.column(0).is_null(1));
     }
@@ -208,10 +216,8 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[100] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        assert!(map_block(dir.path(), &file, true)
-            .unwrap_err()
-            .to_string()
-            .contains("checksum"));
+        let mapped = Unchecked::map(dir.path(), &file).unwrap();
+        assert!(mapped.check().unwrap_err().to_string().contains("checksum"));
     }
 
     #[test]
@@ -221,7 +227,7 @@ mod tests {
         let path = dir.path().join("b0.arrow");
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(file.len_bytes - 7).unwrap();
-        assert!(map_block(dir.path(), &file, true)
+        assert!(Unchecked::map(dir.path(), &file)
             .unwrap_err()
             .to_string()
             .contains("length"));

@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::array::{Scalar, TimestampMicrosecondArray};
@@ -26,7 +26,7 @@ use scuba::schema::unify_schemas;
 
 use crate::error::{LeafError, Result};
 use crate::handoff::{BlockMeta, TableManifest};
-use crate::shm::{map_blocks, write_block, BlockFile};
+use crate::shm::{write_block, BlockFile, Unchecked};
 
 /// Bytes a batch's rows occupy (its slices, not the buffers they share:
 /// batches decoded from IPC slice one message buffer).
@@ -70,7 +70,8 @@ impl BlockStore {
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         let (batch, file) = write_block(&self.dir, &format!("b{seq:012}.arrow"), batch)?;
         Ok(Block {
-            batch,
+            rows: batch.num_rows() as u64,
+            data: BlockData::Ready(batch),
             memory_bytes: file.len_bytes,
             file: Some(file),
             segments: Vec::new(),
@@ -82,9 +83,10 @@ impl BlockStore {
 
 /// A sealed, immutable run of rows: on the heap, or mapped from a file in
 /// shared memory (`file`).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Block {
-    pub batch: RecordBatch,
+    data: BlockData,
+    pub rows: u64,
     pub memory_bytes: u64,
     pub file: Option<BlockFile>,
     /// Log records its rows came from.
@@ -93,18 +95,125 @@ pub struct Block {
     pub time_max_us: Option<i64>,
 }
 
+#[derive(Debug)]
+enum BlockData {
+    Ready(RecordBatch),
+    /// Adopted from a predecessor: checked on first use (a scan, or the
+    /// leaf's pass over every adopted block), under the lock so it is
+    /// checked once.
+    Adopted(Mutex<Adopted>),
+}
+
+#[derive(Debug)]
+enum Adopted {
+    Unchecked(Unchecked),
+    Checked(RecordBatch),
+    Refused(String),
+}
+
 impl Block {
     pub fn new(batch: RecordBatch) -> Self {
         let memory_bytes = batch_bytes(&batch);
         let (time_min_us, time_max_us) = time_range(&batch);
         Block {
-            batch,
+            rows: batch.num_rows() as u64,
+            data: BlockData::Ready(batch),
             memory_bytes,
             file: None,
             segments: Vec::new(),
             time_min_us,
             time_max_us,
         }
+    }
+
+    /// The block's rows; an adopted block is checked first (crc32c, then
+    /// Arrow's validation), and one that fails is never read.
+    pub fn batch(&self) -> Result<RecordBatch> {
+        let lock = match &self.data {
+            BlockData::Ready(batch) => return Ok(batch.clone()),
+            BlockData::Adopted(lock) => lock,
+        };
+        let mut adopted = lock.lock().expect("block check poisoned");
+        let unchecked =
+            match std::mem::replace(&mut *adopted, Adopted::Refused("its check panicked".into())) {
+                Adopted::Unchecked(u) => u,
+                done => {
+                    *adopted = done;
+                    return match &*adopted {
+                        Adopted::Checked(batch) => Ok(batch.clone()),
+                        Adopted::Refused(reason) => Err(self.refused(reason)),
+                        Adopted::Unchecked(_) => unreachable!("replaced above"),
+                    };
+                }
+            };
+        match unchecked.check() {
+            Ok(batch) if batch.num_rows() as u64 == self.rows => {
+                *adopted = Adopted::Checked(batch.clone());
+                Ok(batch)
+            }
+            Ok(batch) => {
+                let reason = format!("{} rows, the manifest says {}", batch.num_rows(), self.rows);
+                let e = self.refused(&reason);
+                *adopted = Adopted::Refused(reason);
+                Err(e)
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                *adopted = Adopted::Refused(reason.clone());
+                Err(self.refused(&reason))
+            }
+        }
+    }
+
+    /// Whether reading this block needs no check any more.
+    pub fn is_checked(&self) -> bool {
+        match &self.data {
+            BlockData::Ready(_) => true,
+            BlockData::Adopted(lock) => {
+                matches!(
+                    *lock.lock().expect("block check poisoned"),
+                    Adopted::Checked(_)
+                )
+            }
+        }
+    }
+
+    fn refused(&self, reason: &str) -> LeafError {
+        LeafError::BlockRefused {
+            block: self
+                .file
+                .as_ref()
+                .map_or("?", |f| f.name.as_str())
+                .to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Checks every block in `blocks` on all cores, as a leaf does right after
+/// adopting a segment; the first refusal wins.
+pub fn check_blocks(blocks: &[Arc<Block>]) -> Result<()> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(blocks.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed: Mutex<Option<LeafError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                while failed.lock().expect("poisoned").is_none() {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(block) = blocks.get(i) else { break };
+                    if let Err(e) = block.batch() {
+                        failed.lock().expect("poisoned").get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner().expect("poisoned") {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
@@ -159,7 +268,7 @@ pub struct Expired {
 
 impl Expired {
     fn add(&mut self, block: &Block) {
-        self.rows += block.batch.num_rows() as u64;
+        self.rows += block.rows;
         self.blocks += 1;
         self.segments.extend(block.segments.iter().copied());
         if let Some(f) = &block.file {
@@ -290,12 +399,13 @@ impl Table {
         if batch.num_rows() == 0 {
             expired.segments = segments;
         } else {
+            let time = time_range(&batch);
             let mut block = match store {
                 Some(store) => store.write(&batch)?,
                 None => Block::new(batch),
             };
             block.segments = segments;
-            (block.time_min_us, block.time_max_us) = time_range(&block.batch);
+            (block.time_min_us, block.time_max_us) = time;
             self.sealed_bytes += block.memory_bytes;
             self.sealed.push(Arc::new(block));
         }
@@ -346,8 +456,8 @@ impl Table {
 
     fn forget(&mut self, block: &Block, expired: &mut Expired) {
         expired.add(block);
-        self.rows -= block.batch.num_rows() as u64;
-        self.rows_expired += block.batch.num_rows() as u64;
+        self.rows -= block.rows;
+        self.rows_expired += block.rows;
         self.sealed_bytes -= block.memory_bytes;
     }
 
@@ -368,6 +478,7 @@ impl Table {
                 })?;
                 Ok(BlockMeta {
                     file,
+                    rows: b.rows,
                     segments: b.segments.clone(),
                     time_min_us: b.time_min_us,
                     time_max_us: b.time_max_us,
@@ -382,19 +493,20 @@ impl Table {
         })
     }
 
-    /// Rebuilds a table from a hand-off manifest, mapping and checking
-    /// every block (length, checksum, IPC layout) in `dir`.
+    /// Rebuilds a table from a hand-off manifest, mapping every block in
+    /// `dir` (lengths checked now; contents before each block's first use,
+    /// see [`Block::batch`]).
     pub fn adopt(manifest: &TableManifest, dir: &Path) -> Result<Table> {
         let mut table = Table::new(&manifest.name);
         table.schema = scuba::ipc::ipc_to_schema(&manifest.schema_ipc)?;
         table.rows_expired = manifest.rows_expired;
-        let files: Vec<&BlockFile> = manifest.blocks.iter().map(|m| &m.file).collect();
-        let batches = map_blocks(dir, &files)?;
-        for (meta, batch) in manifest.blocks.iter().zip(batches) {
-            table.rows += batch.num_rows() as u64;
+        for meta in &manifest.blocks {
+            let unchecked = Unchecked::map(dir, &meta.file)?;
+            table.rows += meta.rows;
             table.sealed_bytes += meta.file.len_bytes;
             table.sealed.push(Arc::new(Block {
-                batch,
+                data: BlockData::Adopted(Mutex::new(Adopted::Unchecked(unchecked))),
+                rows: meta.rows,
                 memory_bytes: meta.file.len_bytes,
                 file: Some(meta.file.clone()),
                 segments: meta.segments.clone(),
@@ -424,9 +536,9 @@ impl Table {
             match cutoff_us {
                 Some(c) if block.time_max_us.is_some_and(|t| t < c) => continue,
                 Some(c) if block.time_min_us.is_some_and(|t| t < c) => {
-                    out.push(adapt(&keep_since(&block.batch, c)?, schema)?)
+                    out.push(adapt(&keep_since(&block.batch()?, c)?, schema)?)
                 }
-                _ => out.push(adapt(&block.batch, schema)?),
+                _ => out.push(adapt(&block.batch()?, schema)?),
             }
         }
         for batch in &self.open {
