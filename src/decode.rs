@@ -14,13 +14,14 @@
 //! column that meets a float widens to float64, in this batch and at the
 //! leaves, whose older blocks are read as float64 from then on.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -143,18 +144,19 @@ fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
     haystack.iter().position(|&b| b == needle)
 }
 
-/// A value of one cell, checked but not yet stored.
-#[derive(Debug, Clone)]
-enum Cell {
+/// A value of one cell, checked but not yet stored; text borrows from the
+/// line where it has no escapes.
+#[derive(Debug, Clone, PartialEq)]
+enum Cell<'a> {
     Int(i64),
     Float(f64),
     Bool(bool),
-    Str(String),
-    Tags(Vec<String>),
+    Str(Cow<'a, str>),
+    Tags(Vec<Cow<'a, str>>),
     Time(i64),
 }
 
-impl Cell {
+impl Cell<'_> {
     fn column_type(&self) -> ColumnType {
         match self {
             Cell::Int(_) => ColumnType::Int64,
@@ -167,125 +169,161 @@ impl Cell {
     }
 }
 
+/// One column's values in the batch being built, straight in Arrow builders.
 #[derive(Debug)]
 enum Values {
-    Int(Vec<Option<i64>>),
-    Float(Vec<Option<f64>>),
-    Bool(Vec<Option<bool>>),
-    Str(Vec<Option<String>>),
-    Tags(Vec<Option<Vec<String>>>),
-    Time(Vec<Option<i64>>),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+    Str(StringBuilder),
+    Tags(ListBuilder<StringBuilder>),
+    Time(TimestampMicrosecondBuilder),
 }
 
 impl Values {
-    fn new(t: ColumnType, nulls: usize) -> Values {
+    fn new(t: ColumnType) -> Values {
         match t {
-            ColumnType::Int64 => Values::Int(vec![None; nulls]),
-            ColumnType::Float64 => Values::Float(vec![None; nulls]),
-            ColumnType::Bool => Values::Bool(vec![None; nulls]),
-            ColumnType::Utf8 => Values::Str(vec![None; nulls]),
-            ColumnType::Tags => Values::Tags(vec![None; nulls]),
-            ColumnType::Timestamp => Values::Time(vec![None; nulls]),
+            ColumnType::Int64 => Values::Int(Int64Builder::new()),
+            ColumnType::Float64 => Values::Float(Float64Builder::new()),
+            ColumnType::Bool => Values::Bool(BooleanBuilder::new()),
+            ColumnType::Utf8 => Values::Str(StringBuilder::new()),
+            ColumnType::Tags => Values::Tags(ListBuilder::new(StringBuilder::new())),
+            ColumnType::Timestamp => Values::Time(TimestampMicrosecondBuilder::new()),
         }
     }
 
     fn len(&self) -> usize {
         match self {
-            Values::Int(v) => v.len(),
-            Values::Float(v) => v.len(),
-            Values::Bool(v) => v.len(),
-            Values::Str(v) => v.len(),
-            Values::Tags(v) => v.len(),
-            Values::Time(v) => v.len(),
+            Values::Int(b) => b.len(),
+            Values::Float(b) => b.len(),
+            Values::Bool(b) => b.len(),
+            Values::Str(b) => b.len(),
+            Values::Tags(b) => b.len(),
+            Values::Time(b) => b.len(),
         }
     }
 
-    fn push_null(&mut self) {
+    fn append_nulls(&mut self, n: usize) {
         match self {
-            Values::Int(v) => v.push(None),
-            Values::Float(v) => v.push(None),
-            Values::Bool(v) => v.push(None),
-            Values::Str(v) => v.push(None),
-            Values::Tags(v) => v.push(None),
-            Values::Time(v) => v.push(None),
+            Values::Int(b) => b.append_nulls(n),
+            Values::Float(b) => b.append_nulls(n),
+            Values::Bool(b) => b.append_nulls(n),
+            Values::Str(b) => b.append_nulls(n),
+            Values::Tags(b) => b.append_nulls(n),
+            Values::Time(b) => b.append_nulls(n),
         }
     }
 
     /// Widens an int column to float in place.
     fn widen_to_float(&mut self) {
-        if let Values::Int(v) = self {
-            let floats = v.iter().map(|x| x.map(|i| i as f64)).collect();
+        if let Values::Int(b) = self {
+            let ints = b.finish();
+            let mut floats = Float64Builder::with_capacity(ints.len());
+            floats.extend(ints.iter().map(|x| x.map(|i| i as f64)));
             *self = Values::Float(floats);
         }
     }
 
     /// Stores a cell already checked to fit (ints into a float column allowed).
-    fn push(&mut self, cell: Cell) {
+    fn push(&mut self, cell: Cell<'_>) {
         match (self, cell) {
-            (Values::Int(v), Cell::Int(x)) => v.push(Some(x)),
-            (Values::Float(v), Cell::Float(x)) => v.push(Some(x)),
-            (Values::Float(v), Cell::Int(x)) => v.push(Some(x as f64)),
-            (Values::Bool(v), Cell::Bool(x)) => v.push(Some(x)),
-            (Values::Str(v), Cell::Str(x)) => v.push(Some(x)),
-            (Values::Tags(v), Cell::Tags(x)) => v.push(Some(x)),
-            (Values::Time(v), Cell::Time(x)) => v.push(Some(x)),
+            (Values::Int(b), Cell::Int(x)) => b.append_value(x),
+            (Values::Float(b), Cell::Float(x)) => b.append_value(x),
+            (Values::Float(b), Cell::Int(x)) => b.append_value(x as f64),
+            (Values::Bool(b), Cell::Bool(x)) => b.append_value(x),
+            (Values::Str(b), Cell::Str(x)) => b.append_value(x),
+            (Values::Tags(b), Cell::Tags(tags)) => {
+                for t in tags {
+                    b.values().append_value(t);
+                }
+                b.append(true);
+            }
+            (Values::Time(b), Cell::Time(x)) => b.append_value(x),
             (values, cell) => unreachable!("cell {cell:?} was checked to fit {values:?}"),
         }
     }
 
-    fn finish(self) -> ArrayRef {
+    /// The values so far as an array; the builder starts over, empty.
+    fn finish(&mut self) -> ArrayRef {
         match self {
-            Values::Int(v) => {
-                let mut b = Int64Builder::with_capacity(v.len());
-                b.extend(v);
-                Arc::new(b.finish())
-            }
-            Values::Float(v) => {
-                let mut b = Float64Builder::with_capacity(v.len());
-                b.extend(v);
-                Arc::new(b.finish())
-            }
-            Values::Bool(v) => {
-                let mut b = BooleanBuilder::with_capacity(v.len());
-                b.extend(v);
-                Arc::new(b.finish())
-            }
-            Values::Str(v) => {
-                let mut b = StringBuilder::with_capacity(v.len(), v.len() * 8);
-                for s in v {
-                    b.append_option(s);
-                }
-                Arc::new(b.finish())
-            }
-            Values::Tags(v) => {
-                let mut b = ListBuilder::new(StringBuilder::new());
-                for tags in v {
-                    match tags {
-                        Some(tags) => {
-                            for t in tags {
-                                b.values().append_value(t);
-                            }
-                            b.append(true);
-                        }
-                        None => b.append(false),
-                    }
-                }
-                Arc::new(b.finish())
-            }
-            Values::Time(v) => {
-                let mut b = TimestampMicrosecondBuilder::with_capacity(v.len());
-                b.extend(v);
-                Arc::new(b.finish())
-            }
+            Values::Int(b) => Arc::new(b.finish()),
+            Values::Float(b) => Arc::new(b.finish()),
+            Values::Bool(b) => Arc::new(b.finish()),
+            Values::Str(b) => Arc::new(b.finish()),
+            Values::Tags(b) => Arc::new(b.finish()),
+            Values::Time(b) => Arc::new(b.finish()),
         }
     }
 }
 
+/// A column this builder has stored values in; kept across batches, so a
+/// line's keys find their columns by position (see `hint`).
 #[derive(Debug)]
 struct Column {
     name: String,
     column_type: ColumnType,
     values: Values,
+    /// Values (not nulls) in the batch being built: a column without any is
+    /// left out of it.
+    non_null: usize,
+}
+
+impl Column {
+    fn pad_to(&mut self, rows: usize) {
+        let len = self.values.len();
+        if len < rows {
+            self.values.append_nulls(rows - len);
+        }
+    }
+}
+
+/// The column types of one table as an ingest knows them: seeded from the
+/// cluster and grown by every accepted line. Several builders (one per
+/// decoding thread) share one, so a type conflict rejects exactly the line
+/// that brings it, whichever thread reads it.
+pub type KnownTypes = Arc<Mutex<HashMap<String, ColumnType>>>;
+
+/// Keeps several builders' use of their shared [`KnownTypes`] in input
+/// order. Input is cut into numbered chunks, each read whole by one builder;
+/// a builder about to consult the known types (a column new to it, or a
+/// value its column's type does not take) first waits until every earlier
+/// chunk is finished. So the line that first brings a type is the earliest
+/// in the input, and a conflict rejects exactly the lines a single reader
+/// would reject. Builders wait rarely: once they know a table's columns,
+/// most lines need nothing shared.
+#[derive(Debug, Default)]
+pub struct ChunkOrder {
+    state: Mutex<ChunkOrderState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct ChunkOrderState {
+    /// Every chunk below this one is finished.
+    done_below: u64,
+    /// Finished chunks above `done_below`.
+    finished: std::collections::BTreeSet<u64>,
+}
+
+impl ChunkOrder {
+    /// Records that chunk `k` is finished.
+    pub fn finished(&self, k: u64) {
+        let mut state = self.state.lock().expect("chunk order poisoned");
+        state.finished.insert(k);
+        while state.finished.first() == Some(&state.done_below) {
+            state.finished.pop_first();
+            state.done_below += 1;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits until every chunk before `k` is finished.
+    fn wait_before(&self, k: u64) {
+        let mut state = self.state.lock().expect("chunk order poisoned");
+        while state.done_below < k {
+            state = self.changed.wait(state).expect("chunk order poisoned");
+        }
+    }
 }
 
 /// A decoded batch, ready to send to a leaf.
@@ -305,15 +343,24 @@ pub struct BatchBuilder {
     table: String,
     time_column: String,
     ingest_time_us: i64,
-    known: HashMap<String, ColumnType>,
+    known: KnownTypes,
     columns: Vec<Column>,
     index: HashMap<String, usize>,
+    /// The column of each key position of the last line: lines of one
+    /// source mostly list their keys in the same order, so a name compare
+    /// finds the column without hashing.
+    hint: Vec<usize>,
     lines: Vec<u64>,
     bytes: usize,
     /// The CSV header once read: its names, or why it is unusable (then
     /// every later line is refused rather than read against a wrong header).
     csv_header: Option<std::result::Result<Vec<String>, String>>,
+    /// The chunk being read and the order it keeps, when builders share.
+    chunk: Option<(Arc<ChunkOrder>, u64)>,
 }
+
+/// Column index of the time column (created first).
+const TIME_INDEX: usize = 0;
 
 impl BatchBuilder {
     /// A builder for `table`; rows without a time get `ingest_time_us`.
@@ -324,25 +371,51 @@ impl BatchBuilder {
             table: table.to_string(),
             time_column: time_column.to_string(),
             ingest_time_us,
-            known,
-            columns: Vec::new(),
-            index: HashMap::new(),
+            known: Arc::new(Mutex::new(known)),
+            columns: vec![Column {
+                name: time_column.to_string(),
+                column_type: ColumnType::Timestamp,
+                values: Values::new(ColumnType::Timestamp),
+                non_null: 0,
+            }],
+            index: HashMap::from([(time_column.to_string(), TIME_INDEX)]),
+            hint: Vec::new(),
             lines: Vec::new(),
             bytes: 0,
             csv_header: None,
+            chunk: None,
         }
     }
 
     /// Seeds the types the table already has in the cluster.
-    pub fn with_known_types(mut self, schema: &Schema) -> Self {
-        for f in schema.fields() {
-            if let Some(t) = ColumnType::from_arrow(f.data_type()) {
-                if f.name() != &self.time_column {
-                    self.known.insert(f.name().clone(), t);
+    pub fn with_known_types(self, schema: &Schema) -> Self {
+        {
+            let mut known = self.known.lock().expect("known types poisoned");
+            for f in schema.fields() {
+                if let Some(t) = ColumnType::from_arrow(f.data_type()) {
+                    if f.name() != &self.time_column {
+                        known.insert(f.name().clone(), t);
+                    }
                 }
             }
         }
         self
+    }
+
+    /// The known types, to share with another builder of the same ingest.
+    pub fn known_types(&self) -> KnownTypes {
+        Arc::clone(&self.known)
+    }
+
+    /// Shares `known` with the builders it came from (seeded types included).
+    pub fn sharing_known_types(mut self, known: KnownTypes) -> Self {
+        self.known = known;
+        self
+    }
+
+    /// Reads chunk `k` of the input next: see [`ChunkOrder`].
+    pub fn start_chunk(&mut self, order: &Arc<ChunkOrder>, k: u64) {
+        self.chunk = Some((Arc::clone(order), k));
     }
 
     /// Rows held now.
@@ -358,23 +431,28 @@ impl BatchBuilder {
     /// Adds one JSON line; on error the batch is unchanged.
     pub fn push_json(&mut self, line: u64, text: &str) -> Result<(), Rejection> {
         let reject = |reason: String| Rejection { line, reason };
-        // Straight from the text into cells: no `Value` tree, keys borrowed.
-        let mut de = serde_json::Deserializer::from_str(text);
-        let entries = serde::Deserializer::deserialize_map(
-            &mut de,
-            json::LineVisitor {
-                time_column: &self.time_column,
-            },
-        )
-        .and_then(|entries| de.end().map(|()| entries))
-        .map_err(|e| reject(format!("invalid JSON: {e}")))?;
+        // Straight from the text into cells: no `Value` tree, keys and text
+        // borrowed. The fast reader takes the common shapes; anything else
+        // (escapes, syntax errors, nesting) goes through serde_json, which
+        // also words the errors.
+        let entries = match json::fast::read_line(text, &self.time_column) {
+            Some(entries) => entries,
+            None => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                serde::Deserializer::deserialize_map(
+                    &mut de,
+                    json::LineVisitor {
+                        time_column: &self.time_column,
+                    },
+                )
+                .and_then(|entries| de.end().map(|()| entries))
+                .map_err(|e| reject(format!("invalid JSON: {e}")))?
+            }
+        };
         let mut cells = Vec::with_capacity(entries.len());
         for (name, parsed) in entries {
             // Lines hold a few dozen keys at most: a scan beats hashing.
-            if cells
-                .iter()
-                .any(|(n, _): &(std::borrow::Cow<'_, str>, Cell)| *n == name)
-            {
+            if cells.iter().any(|(n, _): &(Cow<'_, str>, Cell)| *n == name) {
                 return Err(reject(format!("column `{name}` appears twice")));
             }
             match parsed {
@@ -387,7 +465,6 @@ impl BatchBuilder {
         }
         self.push_cells(line, text.len(), cells)
     }
-
     /// Adds one CSV line. The first call takes the header.
     pub fn push_csv(&mut self, line: u64, text: &str) -> Result<(), Rejection> {
         let reject = |reason: String| Rejection { line, reason };
@@ -433,11 +510,20 @@ impl BatchBuilder {
         matches!(self.csv_header, Some(Ok(_)))
     }
 
-    fn cell_from_csv(&self, name: &str, raw: String) -> Cell {
+    fn cell_from_csv(&self, name: &str, raw: String) -> Cell<'static> {
         // Text that the known type accepts is read as that type; otherwise
         // the value's own shape decides, and a conflict is caught later.
-        match self.known.get(name) {
-            Some(ColumnType::Utf8) => return Cell::Str(raw),
+        let known = match self.index.get(name) {
+            Some(&i) => Some(self.columns[i].column_type),
+            None => self
+                .known
+                .lock()
+                .expect("known types poisoned")
+                .get(name)
+                .copied(),
+        };
+        match known {
+            Some(ColumnType::Utf8) => return Cell::Str(Cow::Owned(raw)),
             Some(ColumnType::Float64) => {
                 if let Ok(x) = raw.parse::<f64>() {
                     return Cell::Float(x);
@@ -452,7 +538,7 @@ impl BatchBuilder {
         } else if raw == "true" || raw == "false" {
             Cell::Bool(raw == "true")
         } else {
-            Cell::Str(raw)
+            Cell::Str(Cow::Owned(raw))
         }
     }
 
@@ -460,101 +546,124 @@ impl BatchBuilder {
         &mut self,
         line: u64,
         len_bytes: usize,
-        cells: Vec<(K, Cell)>,
+        cells: Vec<(K, Cell<'_>)>,
     ) -> Result<(), Rejection> {
         let reject = |reason: String| Rejection { line, reason };
-        // Check the whole line first, so a rejected line leaves no trace.
-        let mut new_columns = 0;
-        for (name, cell) in &cells {
+        // Find each cell's column. Only a column new to this builder, or a
+        // value its type does not take as is, needs the shared known types.
+        let mut slots: Vec<Option<usize>> = Vec::with_capacity(cells.len());
+        let mut needs_known = false;
+        for (k, (name, cell)) in cells.iter().enumerate() {
             let name = name.as_ref();
-            let found = cell.column_type();
-            match self.known.get(name) {
-                Some(&expected) => {
-                    if expected.unify(found).is_none() {
-                        let e = Error::TypeConflict {
-                            table: self.table.clone(),
-                            column: name.to_string(),
-                            expected: expected.name().to_string(),
-                            found: found.name().to_string(),
-                        };
-                        return Err(reject(e.to_string()));
+            let slot = match self.hint.get(k) {
+                Some(&i) if self.columns[i].name == name => Some(i),
+                _ => self.index.get(name).copied(),
+            };
+            match slot {
+                Some(i) => {
+                    let ours = self.columns[i].column_type;
+                    let found = cell.column_type();
+                    if ours != found && !(ours == ColumnType::Float64 && found == ColumnType::Int64)
+                    {
+                        needs_known = true;
                     }
                 }
-                None => {
-                    check_name(name).map_err(|e| reject(e.to_string()))?;
-                    new_columns += 1;
+                None => needs_known = true,
+            }
+            slots.push(slot);
+        }
+        // Check the whole line first, so a rejected line leaves no trace;
+        // under one lock, so no other builder changes a type in between.
+        let mut known = if needs_known {
+            if let Some((order, k)) = &self.chunk {
+                order.wait_before(*k);
+            }
+            let known = self.known.lock().expect("known types poisoned");
+            let mut new_columns = 0;
+            for (name, cell) in &cells {
+                let name = name.as_ref();
+                let found = cell.column_type();
+                match known.get(name) {
+                    Some(&expected) => {
+                        if expected.unify(found).is_none() {
+                            let e = Error::TypeConflict {
+                                table: self.table.clone(),
+                                column: name.to_string(),
+                                expected: expected.name().to_string(),
+                                found: found.name().to_string(),
+                            };
+                            return Err(reject(e.to_string()));
+                        }
+                    }
+                    None => {
+                        check_name(name).map_err(|e| reject(e.to_string()))?;
+                        new_columns += 1;
+                    }
                 }
             }
-        }
-        if self.known.len() + new_columns > TABLE_COLUMNS_MAX {
-            return Err(reject(
-                Error::TooManyColumns {
-                    table: self.table.clone(),
-                    max: TABLE_COLUMNS_MAX,
-                }
-                .to_string(),
-            ));
-        }
+            if known.len() + new_columns > TABLE_COLUMNS_MAX {
+                return Err(reject(
+                    Error::TooManyColumns {
+                        table: self.table.clone(),
+                        max: TABLE_COLUMNS_MAX,
+                    }
+                    .to_string(),
+                ));
+            }
+            Some(known)
+        } else {
+            None
+        };
 
         let rows = self.rows();
         let mut has_time = false;
-        for (name, cell) in cells {
+        for (k, ((name, cell), slot)) in cells.into_iter().zip(slots).enumerate() {
             let name = name.as_ref();
-            has_time |= name == self.time_column;
             let found = cell.column_type();
-            // Only a new column or a widening changes what is known: no
-            // clone and insert per cell on the hot path.
-            let column_type = match self.known.get_mut(name) {
+            let unified = known.as_mut().map(|known| match known.get_mut(name) {
                 Some(expected) => {
-                    let unified = expected.unify(found).expect("checked above");
-                    *expected = unified;
-                    unified
+                    *expected = expected.unify(found).expect("checked above");
+                    *expected
                 }
                 None => {
-                    self.known.insert(name.to_string(), found);
+                    known.insert(name.to_string(), found);
                     found
                 }
-            };
-            let i = match self.index.get(name) {
-                Some(&i) => i,
+            });
+            let i = match slot {
+                Some(i) => i,
                 None => {
+                    let column_type = unified.expect("a new column takes the known types");
                     self.columns.push(Column {
                         name: name.to_string(),
                         column_type,
-                        values: Values::new(column_type, rows),
+                        values: Values::new(column_type),
+                        non_null: 0,
                     });
                     self.index.insert(name.to_string(), self.columns.len() - 1);
                     self.columns.len() - 1
                 }
             };
             let column = &mut self.columns[i];
-            if column.column_type != column_type {
+            if unified == Some(ColumnType::Float64) && column.column_type == ColumnType::Int64 {
                 column.values.widen_to_float();
-                column.column_type = column_type;
+                column.column_type = ColumnType::Float64;
             }
+            column.pad_to(rows);
             column.values.push(cell);
-        }
-        if !has_time {
-            let time = self.time_column.clone();
-            let now = self.ingest_time_us;
-            let i = match self.index.get(&time) {
-                Some(&i) => i,
-                None => {
-                    self.columns.push(Column {
-                        name: time.clone(),
-                        column_type: ColumnType::Timestamp,
-                        values: Values::new(ColumnType::Timestamp, rows),
-                    });
-                    self.index.insert(time, self.columns.len() - 1);
-                    self.columns.len() - 1
-                }
-            };
-            self.columns[i].values.push(Cell::Time(now));
-        }
-        for column in &mut self.columns {
-            if column.values.len() == rows {
-                column.values.push_null();
+            column.non_null += 1;
+            has_time |= i == TIME_INDEX;
+            match self.hint.get_mut(k) {
+                Some(h) => *h = i,
+                None => self.hint.push(i),
             }
+        }
+        drop(known);
+        if !has_time {
+            let column = &mut self.columns[TIME_INDEX];
+            column.pad_to(rows);
+            column.values.push(Cell::Time(self.ingest_time_us));
+            column.non_null += 1;
         }
         self.lines.push(line);
         self.bytes += len_bytes;
@@ -567,25 +676,23 @@ impl BatchBuilder {
         if self.lines.is_empty() {
             return Ok(None);
         }
-        let columns = std::mem::take(&mut self.columns);
-        self.index.clear();
-        self.bytes = 0;
         let lines = std::mem::take(&mut self.lines);
-        let mut fields = Vec::with_capacity(columns.len());
-        let mut arrays = Vec::with_capacity(columns.len());
-        for column in columns {
-            // A column widened after this batch started is widened here too.
-            let mut values = column.values;
-            let final_type = self
-                .known
-                .get(&column.name)
-                .copied()
-                .unwrap_or(column.column_type);
-            if final_type == ColumnType::Float64 {
-                values.widen_to_float();
+        self.bytes = 0;
+        let mut fields = Vec::with_capacity(self.columns.len());
+        let mut arrays = Vec::with_capacity(self.columns.len());
+        for column in &mut self.columns {
+            if column.non_null == 0 {
+                column.values.finish();
+                continue;
             }
-            fields.push(Field::new(&column.name, final_type.to_arrow(), true));
-            arrays.push(values.finish());
+            column.pad_to(lines.len());
+            fields.push(Field::new(
+                &column.name,
+                column.column_type.to_arrow(),
+                true,
+            ));
+            arrays.push(column.values.finish());
+            column.non_null = 0;
         }
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
         Ok(Some(DecodedBatch { batch, lines }))
@@ -602,7 +709,7 @@ fn seconds_to_us(seconds: f64) -> Result<i64, String> {
     }
 }
 
-fn time_from_text(text: &str) -> Result<Cell, String> {
+fn time_from_text(text: &str) -> Result<Cell<'static>, String> {
     if let Ok(i) = text.parse::<i64>() {
         return i
             .checked_mul(1_000_000)
@@ -656,9 +763,194 @@ mod json {
     use super::{seconds_to_us, time_from_text, Cell};
 
     /// One value: a cell (none for null), or why it cannot be one.
-    pub enum Parsed {
-        Cell(Option<Cell>),
+    #[derive(Debug, PartialEq)]
+    pub enum Parsed<'a> {
+        Cell(Option<Cell<'a>>),
         Bad(String),
+    }
+
+    /// A reader for the shapes event lines nearly always have: an object
+    /// whose keys and string values have no escapes, numbers, `true`,
+    /// `false`, `null`, and arrays of such strings. It answers `None` for
+    /// anything else (escapes, nesting, big numbers, syntax errors), which
+    /// then goes to serde_json, the reference: for every line it reads, it
+    /// reads what serde_json reads (tested against it).
+    pub mod fast {
+        use std::borrow::Cow;
+
+        use super::super::{seconds_to_us, time_from_text, Cell};
+        use super::Parsed;
+
+        type Entries<'a> = Vec<(Cow<'a, str>, Parsed<'a>)>;
+
+        /// The line's (key, value) pairs in order, or `None`.
+        pub fn read_line<'a>(text: &'a str, time_column: &str) -> Option<Entries<'a>> {
+            let b = text.as_bytes();
+            let mut i = skip_ws(b, 0);
+            if b.get(i) != Some(&b'{') {
+                return None;
+            }
+            i = skip_ws(b, i + 1);
+            let mut out = Vec::with_capacity(16);
+            if b.get(i) == Some(&b'}') {
+                i += 1;
+            } else {
+                loop {
+                    let (key, next) = string(text, i)?;
+                    i = skip_ws(b, next);
+                    if b.get(i) != Some(&b':') {
+                        return None;
+                    }
+                    i = skip_ws(b, i + 1);
+                    let (parsed, next) = value(text, i, key == time_column)?;
+                    out.push((Cow::Borrowed(key), parsed));
+                    i = skip_ws(b, next);
+                    match b.get(i) {
+                        Some(b',') => i = skip_ws(b, i + 1),
+                        Some(b'}') => {
+                            i += 1;
+                            break;
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            (skip_ws(b, i) == b.len()).then_some(out)
+        }
+
+        fn skip_ws(b: &[u8], mut i: usize) -> usize {
+            while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
+                i += 1;
+            }
+            i
+        }
+
+        /// The string opening at `i`, if it has no escape or control
+        /// character, and the index after its closing quote.
+        fn string(text: &str, i: usize) -> Option<(&str, usize)> {
+            let b = text.as_bytes();
+            if b.get(i) != Some(&b'"') {
+                return None;
+            }
+            let start = i + 1;
+            let len = b[start..]
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+            if b[start + len] != b'"' {
+                return None;
+            }
+            Some((&text[start..start + len], start + len + 1))
+        }
+
+        fn value(text: &str, i: usize, time: bool) -> Option<(Parsed<'_>, usize)> {
+            let b = text.as_bytes();
+            let cell = |c: Cell<'static>| Parsed::Cell(Some(c));
+            match *b.get(i)? {
+                b'"' => {
+                    let (s, next) = string(text, i)?;
+                    let parsed = if time {
+                        match time_from_text(s) {
+                            Ok(c) => cell(c),
+                            Err(e) => Parsed::Bad(e),
+                        }
+                    } else {
+                        Parsed::Cell(Some(Cell::Str(Cow::Borrowed(s))))
+                    };
+                    Some((parsed, next))
+                }
+                b'n' if b[i..].starts_with(b"null") => Some((Parsed::Cell(None), i + 4)),
+                b't' if !time && b[i..].starts_with(b"true") => {
+                    Some((cell(Cell::Bool(true)), i + 4))
+                }
+                b'f' if !time && b[i..].starts_with(b"false") => {
+                    Some((cell(Cell::Bool(false)), i + 5))
+                }
+                b'[' if !time => {
+                    let mut tags = Vec::new();
+                    let mut j = skip_ws(b, i + 1);
+                    if b.get(j) == Some(&b']') {
+                        return Some((Parsed::Cell(Some(Cell::Tags(tags))), j + 1));
+                    }
+                    loop {
+                        let (s, next) = string(text, j)?;
+                        tags.push(Cow::Borrowed(s));
+                        j = skip_ws(b, next);
+                        match b.get(j) {
+                            Some(b',') => j = skip_ws(b, j + 1),
+                            Some(b']') => {
+                                return Some((Parsed::Cell(Some(Cell::Tags(tags))), j + 1))
+                            }
+                            _ => return None,
+                        }
+                    }
+                }
+                b'-' | b'0'..=b'9' => number(text, i, time),
+                _ => None,
+            }
+        }
+
+        /// A number in JSON's grammar: an int64 when it has no fraction or
+        /// exponent and fits, else a finite float.
+        fn number(text: &str, i: usize, time: bool) -> Option<(Parsed<'_>, usize)> {
+            let b = text.as_bytes();
+            let digits = |mut j: usize| {
+                while b.get(j).is_some_and(u8::is_ascii_digit) {
+                    j += 1;
+                }
+                j
+            };
+            let mut j = i;
+            if b[j] == b'-' {
+                j += 1;
+            }
+            match b.get(j) {
+                Some(b'0') => j += 1,
+                Some(b'1'..=b'9') => j = digits(j + 1),
+                _ => return None,
+            }
+            let mut float = false;
+            if b.get(j) == Some(&b'.') {
+                if !b.get(j + 1).is_some_and(u8::is_ascii_digit) {
+                    return None;
+                }
+                j = digits(j + 1);
+                float = true;
+            }
+            if let Some(b'e' | b'E') = b.get(j) {
+                j += 1;
+                if let Some(b'+' | b'-') = b.get(j) {
+                    j += 1;
+                }
+                if !b.get(j).is_some_and(u8::is_ascii_digit) {
+                    return None;
+                }
+                j = digits(j);
+                float = true;
+            }
+            let s = &text[i..j];
+            let parsed = if !float {
+                let v: i64 = s.parse().ok()?;
+                if v == 0 && b[i] == b'-' {
+                    return None; // serde_json reads -0 as a float
+                }
+                match (time, v.checked_mul(1_000_000)) {
+                    (false, _) => Parsed::Cell(Some(Cell::Int(v))),
+                    (true, Some(us)) => Parsed::Cell(Some(Cell::Time(us))),
+                    (true, None) => return None,
+                }
+            } else {
+                let v: f64 = s.parse().ok()?;
+                if !v.is_finite() {
+                    return None;
+                }
+                match (time, time.then(|| seconds_to_us(v))) {
+                    (false, _) => Parsed::Cell(Some(Cell::Float(v))),
+                    (true, Some(Ok(us))) => Parsed::Cell(Some(Cell::Time(us))),
+                    (true, _) => return None,
+                }
+            };
+            Some((parsed, j))
+        }
     }
 
     /// A key, borrowed from the input when possible.
@@ -692,7 +984,7 @@ mod json {
     }
 
     impl<'de> Visitor<'de> for LineVisitor<'_> {
-        type Value = Vec<(Cow<'de, str>, Parsed)>;
+        type Value = Vec<(Cow<'de, str>, Parsed<'de>)>;
 
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a JSON object")
@@ -714,30 +1006,30 @@ mod json {
     }
 
     impl<'de> DeserializeSeed<'de> for CellSeed {
-        type Value = Parsed;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Parsed, D::Error> {
+        type Value = Parsed<'de>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Parsed<'de>, D::Error> {
             d.deserialize_any(self)
         }
     }
 
-    fn time_kind(kind: &str) -> Parsed {
+    pub(super) fn time_kind(kind: &str) -> Parsed<'static> {
         Parsed::Bad(format!(
             "time must be unix seconds or RFC 3339 text, found {kind}"
         ))
     }
 
     impl<'de> Visitor<'de> for CellSeed {
-        type Value = Parsed;
+        type Value = Parsed<'de>;
 
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a JSON value")
         }
 
-        fn visit_unit<E: de::Error>(self) -> Result<Parsed, E> {
+        fn visit_unit<E: de::Error>(self) -> Result<Parsed<'de>, E> {
             Ok(Parsed::Cell(None))
         }
 
-        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Parsed, E> {
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Parsed<'de>, E> {
             Ok(if self.time {
                 time_kind("a bool")
             } else {
@@ -745,7 +1037,7 @@ mod json {
             })
         }
 
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Parsed, E> {
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Parsed<'de>, E> {
             if !self.time {
                 return Ok(Parsed::Cell(Some(Cell::Int(v))));
             }
@@ -755,14 +1047,14 @@ mod json {
             })
         }
 
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Parsed, E> {
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Parsed<'de>, E> {
             match i64::try_from(v) {
                 Ok(i) => self.visit_i64(i),
                 Err(_) => self.visit_f64(v as f64),
             }
         }
 
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Parsed, E> {
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Parsed<'de>, E> {
             if !self.time {
                 return Ok(Parsed::Cell(Some(Cell::Float(v))));
             }
@@ -772,9 +1064,16 @@ mod json {
             })
         }
 
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Parsed, E> {
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Parsed<'de>, E> {
+            if self.time {
+                return self.visit_str(v);
+            }
+            Ok(Parsed::Cell(Some(Cell::Str(Cow::Borrowed(v)))))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Parsed<'de>, E> {
             if !self.time {
-                return Ok(Parsed::Cell(Some(Cell::Str(v.to_string()))));
+                return Ok(Parsed::Cell(Some(Cell::Str(Cow::Owned(v.to_string())))));
             }
             Ok(match time_from_text(v) {
                 Ok(cell) => Parsed::Cell(Some(cell)),
@@ -782,18 +1081,18 @@ mod json {
             })
         }
 
-        fn visit_string<E: de::Error>(self, v: String) -> Result<Parsed, E> {
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Parsed<'de>, E> {
             if self.time {
                 return self.visit_str(&v);
             }
-            Ok(Parsed::Cell(Some(Cell::Str(v))))
+            Ok(Parsed::Cell(Some(Cell::Str(Cow::Owned(v)))))
         }
 
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed, A::Error> {
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed<'de>, A::Error> {
             // Read to the end even when refusing, so the line parses on.
             let mut tags = Vec::new();
             let mut bad: Option<&'static str> = None;
-            while let Some(item) = seq.next_element::<TagItem>()? {
+            while let Some(item) = seq.next_element::<TagItem<'de>>()? {
                 match item {
                     TagItem::Str(s) => tags.push(s),
                     TagItem::Other(kind) => {
@@ -812,7 +1111,7 @@ mod json {
             })
         }
 
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed<'de>, A::Error> {
             while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
             Ok(if self.time {
                 time_kind("an object")
@@ -825,45 +1124,54 @@ mod json {
     }
 
     /// An element of a tags array: a string, or what else it was.
-    enum TagItem {
-        Str(String),
+    enum TagItem<'a> {
+        Str(Cow<'a, str>),
         Other(&'static str),
     }
 
-    impl<'de> de::Deserialize<'de> for TagItem {
+    impl<'de> de::Deserialize<'de> for TagItem<'de> {
         fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             struct V;
             impl<'de> Visitor<'de> for V {
-                type Value = TagItem;
+                type Value = TagItem<'de>;
                 fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                     f.write_str("a JSON value")
                 }
-                fn visit_str<E: de::Error>(self, v: &str) -> Result<TagItem, E> {
-                    Ok(TagItem::Str(v.to_string()))
+                fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<TagItem<'de>, E> {
+                    Ok(TagItem::Str(Cow::Borrowed(v)))
                 }
-                fn visit_string<E: de::Error>(self, v: String) -> Result<TagItem, E> {
-                    Ok(TagItem::Str(v))
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<TagItem<'de>, E> {
+                    Ok(TagItem::Str(Cow::Owned(v.to_string())))
                 }
-                fn visit_unit<E: de::Error>(self) -> Result<TagItem, E> {
+                fn visit_string<E: de::Error>(self, v: String) -> Result<TagItem<'de>, E> {
+                    Ok(TagItem::Str(Cow::Owned(v)))
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<TagItem<'de>, E> {
                     Ok(TagItem::Other("null"))
                 }
-                fn visit_bool<E: de::Error>(self, _: bool) -> Result<TagItem, E> {
+                fn visit_bool<E: de::Error>(self, _: bool) -> Result<TagItem<'de>, E> {
                     Ok(TagItem::Other("a bool"))
                 }
-                fn visit_i64<E: de::Error>(self, _: i64) -> Result<TagItem, E> {
+                fn visit_i64<E: de::Error>(self, _: i64) -> Result<TagItem<'de>, E> {
                     Ok(TagItem::Other("a number"))
                 }
-                fn visit_u64<E: de::Error>(self, _: u64) -> Result<TagItem, E> {
+                fn visit_u64<E: de::Error>(self, _: u64) -> Result<TagItem<'de>, E> {
                     Ok(TagItem::Other("a number"))
                 }
-                fn visit_f64<E: de::Error>(self, _: f64) -> Result<TagItem, E> {
+                fn visit_f64<E: de::Error>(self, _: f64) -> Result<TagItem<'de>, E> {
                     Ok(TagItem::Other("a number"))
                 }
-                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TagItem, A::Error> {
+                fn visit_seq<A: SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<TagItem<'de>, A::Error> {
                     while seq.next_element::<IgnoredAny>()?.is_some() {}
                     Ok(TagItem::Other("an array"))
                 }
-                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TagItem, A::Error> {
+                fn visit_map<A: MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<TagItem<'de>, A::Error> {
                     while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                     Ok(TagItem::Other("an object"))
                 }
@@ -1032,6 +1340,154 @@ mod tests {
             .unwrap_err()
             .reason
             .contains("invalid JSON"));
+    }
+
+    /// What serde_json (the reference) reads from a line.
+    fn serde_read(text: &str) -> Option<Vec<(Cow<'_, str>, json::Parsed<'_>)>> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        serde::Deserializer::deserialize_map(
+            &mut de,
+            json::LineVisitor {
+                time_column: "time",
+            },
+        )
+        .and_then(|entries| de.end().map(|()| entries))
+        .ok()
+    }
+
+    /// Floats within one unit in the last place: serde_json's default
+    /// float parsing is not always correctly rounded; Rust's is.
+    fn close(a: f64, b: f64) -> bool {
+        a == b || (a.to_bits() as i64 - b.to_bits() as i64).abs() <= 1
+    }
+
+    fn same(fast: &json::Parsed<'_>, serde: &json::Parsed<'_>) -> bool {
+        use json::Parsed::Cell as P;
+        match (fast, serde) {
+            (P(Some(Cell::Float(a))), P(Some(Cell::Float(b)))) => close(*a, *b),
+            (P(Some(Cell::Time(a))), P(Some(Cell::Time(b)))) => (a - b).abs() <= 1,
+            (a, b) => a == b,
+        }
+    }
+
+    fn assert_fast_reads_as_serde(text: &str) -> bool {
+        match json::fast::read_line(text, "time") {
+            Some(fast) => {
+                let serde = serde_read(text).unwrap_or_else(|| panic!("serde refuses {text}"));
+                assert_eq!(fast.len(), serde.len(), "{text}");
+                for ((fk, fv), (sk, sv)) in fast.iter().zip(&serde) {
+                    assert!(fk == sk && same(fv, sv), "{text}: {fv:?} vs {sv:?}");
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[test]
+    fn fast_json_reader_reads_what_serde_json_reads_or_declines() {
+        for text in [
+            r#"{}"#,
+            r#" { "a" : 1 , "b":-0.0, "c": 0.5e-3, "d": 1E+2, "e": -12.25 } "#,
+            r#"{"time": 1700000000, "s": "héllo wörld", "t": ["x", "y z"], "u": [], "n": null}"#,
+            r#"{"time": "2024-01-01T00:00:00.5+02:00", "ok": true, "no": false}"#,
+            r#"{"time": 1700000000.123456, "big": 9223372036854775807, "neg": -9223372036854775808}"#,
+            r#"{"f": 0.1, "g": 123456789.123456789, "h": 2.2250738585072014e-308, "i": 1.7976931348623157e308}"#,
+        ] {
+            assert!(assert_fast_reads_as_serde(text), "declined {text}");
+        }
+        // Declined: serde_json reads them (or words the error).
+        for text in [
+            r#"{"a": "x\ny"}"#,
+            r#"{"a\u00e9": 1}"#,
+            r#"{"a": {"b": 1}}"#,
+            r#"{"a": [1]}"#,
+            r#"{"a": 18446744073709551615}"#,
+            r#"{"a": 1e400}"#,
+            r#"{"a": 01}"#,
+            r#"{"a": 1.}"#,
+            r#"{"a": .5}"#,
+            r#"{"a": -}"#,
+            r#"{"a": tru}"#,
+            r#"{"a": truex}"#,
+            r#"{"a": 1,}"#,
+            r#"{"a" 1}"#,
+            r#"{"a": 1} x"#,
+            r#"{"time": true}"#,
+            r#"{"time": ["x"]}"#,
+            r#"{"time": 99999999999999999}"#,
+            "{\"a\": \"tab\there\"}",
+            r#"[1, 2]"#,
+            r#"{"a": 1"#,
+        ] {
+            assert!(!assert_fast_reads_as_serde(text), "read {text}");
+        }
+    }
+
+    #[test]
+    fn fast_json_reader_agrees_with_serde_json_on_random_lines() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let pieces = [
+            "0",
+            "-0",
+            "7",
+            "-42",
+            "3.25",
+            "-0.0",
+            "1e3",
+            "2.5E-2",
+            "1.0e+2",
+            "0.1",
+            "12345678901234567",
+            "9007199254740993",
+            "1.7976931348623157e308",
+            "5e-324",
+            "null",
+            "true",
+            "false",
+            "\"\"",
+            "\"plain\"",
+            "\"ünï çødé\"",
+            "\"esc\\\"aped\"",
+            "[]",
+            "[\"a\"]",
+            "[\"a\", \"b\"]",
+            "[ ]",
+            "\"1700000000\"",
+            "\"2024-02-29T12:00:00Z\"",
+            "\"not a time\"",
+            "1700000000",
+            "1700000000.5",
+            "{}",
+            "[1]",
+            "01",
+            "1.",
+            "-",
+            "tru",
+        ];
+        let keys = ["time", "a", "b", "service", "ключ", "x y"];
+        let mut read = 0;
+        for _ in 0..20_000 {
+            let n = rng.random_range(0..5);
+            let mut line = String::from("{");
+            for k in 0..n {
+                if k > 0 {
+                    line.push_str([",", " , ", ",\t"][rng.random_range(0..3)]);
+                }
+                let key = keys[rng.random_range(0..keys.len())];
+                let value = pieces[rng.random_range(0..pieces.len())];
+                line.push_str(&format!(
+                    "\"{key}\"{}{value}",
+                    [":", " : ", ":\t"][rng.random_range(0..3)]
+                ));
+            }
+            line.push('}');
+            if assert_fast_reads_as_serde(&line) {
+                read += 1;
+            }
+        }
+        assert!(read > 5_000, "the fast reader took only {read} lines");
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub const LEAVES_MAX: usize = 4096;
 /// Ingest batches in flight from one `scubactl ingest` at once.
 pub const INGEST_INFLIGHT_MAX: usize = 8;
 
+/// Threads decoding input lines in one `scubactl ingest` (at most the
+/// machine's cores). Each holds at most one batch of lines queued, one
+/// being decoded and one decoded.
+pub const INGEST_DECODERS_MAX: usize = 8;
+
 /// Attempts to place one batch before ingest gives up on it.
 pub const INGEST_ATTEMPTS_MAX: usize = 8;
 

@@ -158,3 +158,48 @@ fn a_bad_csv_header_rejects_every_line_and_lands_nothing() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_type_conflict_across_batches_rejects_exactly_the_later_lines() {
+    // Several batches' worth of lines, decoded on several threads. `x`
+    // first comes as an int on the last line of the first batch, as text
+    // all through the second, and as an int after that. The earliest line
+    // decides, as if one reader read the input in order, however the
+    // threads interleave.
+    let cluster = TestCluster::up(2);
+    let first_batch = scuba::limits::BATCH_ROWS_MAX as u64;
+    let text_lines = first_batch + 1..=2 * first_batch;
+    let input: String = (1..=30_000u64)
+        .map(|n| {
+            if n < first_batch {
+                format!("{{\"n\": {n}}}\n")
+            } else if text_lines.contains(&n) {
+                format!("{{\"n\": {n}, \"x\": \"t{n}\"}}\n")
+            } else {
+                format!("{{\"n\": {n}, \"x\": {n}}}\n")
+            }
+        })
+        .collect();
+    let out = cluster.ingest("conflict", input.as_bytes(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let rejected: Vec<u64> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("rejected line "))
+        .map(|l| l.split(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(rejected, text_lines.clone().collect::<Vec<u64>>());
+    assert!(stderr.contains("column `x`"), "{stderr}");
+    let answer = cluster.query_json(
+        "SELECT count(*), count(x), sum(x), max(n) FROM conflict",
+        &[],
+    );
+    let with_x: Vec<u64> = (first_batch..=30_000)
+        .filter(|n| !text_lines.contains(n))
+        .collect();
+    let rows = 30_000 - (text_lines.end() - text_lines.start() + 1);
+    assert_eq!(
+        answer["rows"][0],
+        serde_json::json!([rows, with_x.len(), with_x.iter().sum::<u64>(), 30_000])
+    );
+}

@@ -1,9 +1,11 @@
 //! The ingest client: lines in, batches placed on leaves, counts out.
 //!
 //! ```text
-//!  reader thread: LineReader -> BatchBuilder -> IPC ──bounded channel (INGEST_INFLIGHT_MAX)──┐
-//!                      │ bad line -> Rejection{line, reason}                                 │
-//!  async sender: <─────┴──────────────────────────────────────────────────────────────────────┘
+//!  reader thread: LineReader -> chunks of lines (one batch's worth each)
+//!        │ chunk k -> decoder k mod n (one per core, JSON; one for CSV)
+//!  decoder threads: BatchBuilder (shared known types) -> IPC; bad line -> Rejection{line, reason}
+//!        │ taken back k mod n, so in input order
+//!  collector thread ──bounded channel (INGEST_INFLIGHT_MAX)──> async sender:
 //!     up to INGEST_INFLIGHT_MAX batches in flight; each goes to the better of two random
 //!     leaves (free memory); unreachable / full / restarting -> next leaf, same batch id
 //! ```
@@ -22,8 +24,11 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use scuba::decode::{BatchBuilder, InputFormat, Line, LineReader, Rejection};
-use scuba::limits::{INGEST_ATTEMPTS_MAX, INGEST_INFLIGHT_MAX, LINE_BYTES_MAX};
+use scuba::decode::{BatchBuilder, ChunkOrder, InputFormat, Line, LineReader, Rejection};
+use scuba::limits::{
+    BATCH_BYTES_MAX, BATCH_ROWS_MAX, INGEST_ATTEMPTS_MAX, INGEST_DECODERS_MAX, INGEST_INFLIGHT_MAX,
+    LINE_BYTES_MAX,
+};
 use scuba::wire::{BatchId, ErrorKind};
 use tokio::sync::mpsc;
 
@@ -114,30 +119,97 @@ async fn survey(
     Ok((schema, free))
 }
 
-/// Cuts the builder's rows into a batch and sends it on. Returns whether
-/// reading should go on (false once the receiver is gone or encoding failed).
-fn cut_batch(builder: &mut BatchBuilder, tx: &mpsc::Sender<Msg>) -> bool {
-    let failed = |e: String| {
-        let _ = tx.blocking_send(Msg::Failed(e));
-        false
-    };
-    match builder.finish() {
-        Ok(Some(decoded)) => {
-            match scuba::ipc::batches_to_ipc(&decoded.batch.schema(), &[decoded.batch]) {
-                Ok(ipc) => tx
-                    .blocking_send(Msg::Batch {
-                        ipc: Arc::new(ipc),
-                        lines: decoded.lines,
-                    })
-                    .is_ok(),
-                Err(e) => failed(e.to_string()),
-            }
-        }
-        Ok(None) => true,
-        Err(e) => failed(e.to_string()),
+/// Lines read but not decoded yet: one batch's worth, for one decoder.
+#[derive(Default)]
+struct Chunk {
+    /// Its place in the input (0, 1, ...).
+    seq: u64,
+    /// The lines' text, back to back.
+    text: String,
+    lines: Vec<ChunkLine>,
+}
+
+enum ChunkLine {
+    Text {
+        number: u64,
+        start: usize,
+        end: usize,
+    },
+    Rejected(Rejection),
+}
+
+impl Chunk {
+    fn is_full(&self) -> bool {
+        self.lines.len() >= BATCH_ROWS_MAX || self.text.len() >= BATCH_BYTES_MAX / 2
     }
 }
 
+/// A chunk's rows as Arrow IPC, and the input line of each.
+struct EncodedBatch {
+    ipc: Vec<u8>,
+    lines: Vec<u64>,
+}
+
+/// What a decoder made of one chunk: its rejections in line order, then
+/// its batch (none when every line was rejected) or why encoding failed.
+struct Decoded {
+    rejections: Vec<Rejection>,
+    batch: Option<std::result::Result<EncodedBatch, String>>,
+}
+
+/// Decodes chunks until its input closes (or nobody takes its results).
+fn decode_chunks(
+    mut builder: BatchBuilder,
+    format: InputFormat,
+    order: Arc<ChunkOrder>,
+    chunks: std::sync::mpsc::Receiver<Chunk>,
+    results: std::sync::mpsc::SyncSender<Decoded>,
+) {
+    for chunk in chunks {
+        builder.start_chunk(&order, chunk.seq);
+        let mut rejections = Vec::new();
+        for line in chunk.lines {
+            let result = match line {
+                ChunkLine::Rejected(r) => Err(r),
+                ChunkLine::Text { number, start, end } => {
+                    let text = &chunk.text[start..end];
+                    match format {
+                        InputFormat::Jsonl => builder.push_json(number, text),
+                        InputFormat::Csv => builder.push_csv(number, text),
+                    }
+                }
+            };
+            if let Err(r) = result {
+                rejections.push(r);
+            }
+        }
+        let batch = match builder.finish() {
+            Ok(Some(decoded)) => Some(
+                scuba::ipc::batches_to_ipc(&decoded.batch.schema(), &[decoded.batch])
+                    .map(|ipc| EncodedBatch {
+                        ipc,
+                        lines: decoded.lines,
+                    })
+                    .map_err(|e| e.to_string()),
+            ),
+            Ok(None) => None,
+            Err(e) => Some(Err(e.to_string())),
+        };
+        // Before the send, which may wait for the collector: later chunks
+        // may be waiting for this one.
+        order.finished(chunk.seq);
+        if results.send(Decoded { rejections, batch }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads `input` into chunks of lines and decodes them on several threads
+/// (one for CSV, whose header comes first), handing the results on in input
+/// order: chunk k goes to decoder k mod n, and results are taken back the
+/// same way round. The decoders share the table's known types in input
+/// order ([`ChunkOrder`]), so a type conflict rejects exactly the lines a
+/// single reader would.
 fn read_input<R: BufRead>(
     input: R,
     options: &IngestOptions,
@@ -148,51 +220,117 @@ fn read_input<R: BufRead>(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0);
-    let mut builder = BatchBuilder::new(&options.table, &options.time_column, now_us);
+    let mut first = BatchBuilder::new(&options.table, &options.time_column, now_us);
     if let Some(schema) = &known {
-        builder = builder.with_known_types(schema);
+        first = first.with_known_types(schema);
     }
-    let mut reader = LineReader::new(input);
-    loop {
-        let line = match reader.next_line() {
-            Ok(Some(l)) => l,
-            Ok(None) => break,
-            Err(e) => {
-                let _ = tx.blocking_send(Msg::Failed(format!("reading input: {e}")));
-                return;
-            }
-        };
-        let result = match line {
-            Line::Text { number, text } => {
-                if text.trim().is_empty() {
-                    continue;
+    let decoders = match options.format {
+        InputFormat::Csv => 1,
+        InputFormat::Jsonl => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, INGEST_DECODERS_MAX),
+    };
+    let known_types = first.known_types();
+    let order = Arc::new(ChunkOrder::default());
+    let mut first = Some(first);
+    let mut failed = None;
+    std::thread::scope(|s| {
+        let mut to_decoders = Vec::with_capacity(decoders);
+        let mut from_decoders = Vec::with_capacity(decoders);
+        for _ in 0..decoders {
+            let builder = first.take().unwrap_or_else(|| {
+                BatchBuilder::new(&options.table, &options.time_column, now_us)
+                    .sharing_known_types(Arc::clone(&known_types))
+            });
+            let (chunk_tx, chunk_rx) = std::sync::mpsc::sync_channel::<Chunk>(1);
+            let (result_tx, result_rx) = std::sync::mpsc::sync_channel::<Decoded>(1);
+            let format = options.format;
+            let order = Arc::clone(&order);
+            s.spawn(move || decode_chunks(builder, format, order, chunk_rx, result_tx));
+            to_decoders.push(chunk_tx);
+            from_decoders.push(result_rx);
+        }
+        let tx = tx.clone();
+        s.spawn(move || {
+            for k in 0.. {
+                let Ok(decoded) = from_decoders[k % decoders].recv() else {
+                    return;
+                };
+                for r in decoded.rejections {
+                    if tx.blocking_send(Msg::Rejected(r)).is_err() {
+                        return;
+                    }
                 }
-                match options.format {
-                    InputFormat::Jsonl => builder.push_json(number, text),
-                    InputFormat::Csv => builder.push_csv(number, text),
+                let msg = match decoded.batch {
+                    Some(Ok(EncodedBatch { ipc, lines })) => Msg::Batch {
+                        ipc: Arc::new(ipc),
+                        lines,
+                    },
+                    Some(Err(e)) => Msg::Failed(e),
+                    None => continue,
+                };
+                if tx.blocking_send(msg).is_err() {
+                    return; // the decoders stop when their results go nowhere
                 }
             }
-            Line::Oversized { number, len_bytes } => Err(Rejection {
-                line: number,
-                reason: format!(
-                    "line of {len_bytes} bytes exceeds the limit of {LINE_BYTES_MAX} bytes"
-                ),
-            }),
-            Line::NotUtf8 { number } => Err(Rejection {
-                line: number,
-                reason: "not valid UTF-8".to_string(),
-            }),
-        };
-        if let Err(r) = result {
-            if tx.blocking_send(Msg::Rejected(r)).is_err() {
-                return;
+        });
+        let mut reader = LineReader::new(input);
+        let mut chunk = Chunk::default();
+        let mut k = 0usize;
+        loop {
+            let line = match reader.next_line() {
+                Ok(Some(l)) => l,
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(format!("reading input: {e}"));
+                    break;
+                }
+            };
+            match line {
+                Line::Text { number, text } => {
+                    if text.trim().is_empty() {
+                        continue;
+                    }
+                    let start = chunk.text.len();
+                    chunk.text.push_str(text);
+                    chunk.lines.push(ChunkLine::Text {
+                        number,
+                        start,
+                        end: chunk.text.len(),
+                    });
+                }
+                Line::Oversized { number, len_bytes } => {
+                    chunk.lines.push(ChunkLine::Rejected(Rejection {
+                        line: number,
+                        reason: format!(
+                            "line of {len_bytes} bytes exceeds the limit of {LINE_BYTES_MAX} bytes"
+                        ),
+                    }))
+                }
+                Line::NotUtf8 { number } => chunk.lines.push(ChunkLine::Rejected(Rejection {
+                    line: number,
+                    reason: "not valid UTF-8".to_string(),
+                })),
+            }
+            if chunk.is_full() {
+                if to_decoders[k % decoders].send(chunk).is_err() {
+                    return; // the ingest stopped taking batches
+                }
+                k += 1;
+                chunk = Chunk {
+                    seq: k as u64,
+                    ..Chunk::default()
+                };
             }
         }
-        if builder.is_full() && !cut_batch(&mut builder, &tx) {
-            return;
+        if !chunk.lines.is_empty() {
+            let _ = to_decoders[k % decoders].send(chunk);
         }
+        // Dropping the senders ends the decoders, then the collector.
+    });
+    if let Some(why) = failed {
+        let _ = tx.blocking_send(Msg::Failed(why));
     }
-    cut_batch(&mut builder, &tx);
 }
 
 /// Ingests every line of `input` into `options.table`. `on_rejection` sees
