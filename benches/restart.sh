@@ -63,7 +63,8 @@ checked_s() {
         sleep 0.05
         n=$(grep -c "checked every adopted block" "$dir/logs/leaf-0.log" || true)
     done
-    grep "checked every adopted block" "$dir/logs/leaf-0.log" | tail -1 | grep -o 'seconds=[0-9.]*' | cut -d= -f2
+    grep "checked every adopted block" "$dir/logs/leaf-0.log" | tail -1 \
+        | sed 's/\x1b\[[0-9;]*m//g' | grep -o 'seconds=[0-9.]*' | cut -d= -f2
 }
 
 median() { sort -n | sed -n "$(( (HANDOFF_RUNS + 1) / 2 ))p"; }

@@ -105,7 +105,7 @@ impl<R: BufRead> LineReader<R> {
                 }
                 break;
             }
-            let (chunk, done) = match memchr(b'\n', available) {
+            let (chunk, done) = match memchr::memchr(b'\n', available) {
                 Some(i) => (&available[..i], Some(i + 1)),
                 None => (available, None),
             };
@@ -140,9 +140,6 @@ impl<R: BufRead> LineReader<R> {
     }
 }
 
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
-}
 
 /// A value of one cell, checked but not yet stored; text borrows from the
 /// line where it has no escapes.

@@ -32,7 +32,7 @@ pub const REPLY_BYTES_MAX: usize = 1024 * 1024 * 1024;
 pub const LEAVES_MAX: usize = 4096;
 
 /// Ingest batches in flight from one `scubactl ingest` at once.
-pub const INGEST_INFLIGHT_MAX: usize = 8;
+pub const INGEST_INFLIGHT_MAX: usize = 16;
 
 /// Threads decoding input lines in one `scubactl ingest` (at most the
 /// machine's cores). Each holds at most one batch of lines queued, one
