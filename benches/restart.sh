@@ -44,15 +44,16 @@ out.write("".join(buf))
 PY
 }
 
-query_ms() { # median of 5 runs of $Q, in ms
-    for _ in 1 2 3 4 5 6; do
-        /usr/bin/time -f %e "$S" query "$Q" --dir "$dir" >/dev/null 2>>"$dir/times" || true
-    done
-    tail -5 "$dir/times" | sort -n | sed -n 3p | awk '{printf "%d", $1 * 1000}'
+query_ms() { # p50 of 11 runs of $Q over one connection, in ms
+    "$S" query "$Q" --dir "$dir" --repeat 11 2>&1 >/dev/null | grep -o 'p50_ms=[0-9.]*' | cut -d= -f2
 }
 
-first_query_ms() { # one run of $Q, in ms
-    /usr/bin/time -f %e "$S" query "$Q" --dir "$dir" 2>&1 >/dev/null | tail -1 | awk '{printf "%d", $1 * 1000}'
+first_query_ms() { # one whole `scubactl query` process running $Q, in ms
+    local t0 t1
+    t0=$(date +%s%N)
+    "$S" query "$Q" --dir "$dir" >/dev/null 2>&1
+    t1=$(date +%s%N)
+    echo $(( (t1 - t0) / 1000000 ))
 }
 
 # Seconds the newest adopted segment's background check took (leaf log).
