@@ -140,7 +140,6 @@ impl<R: BufRead> LineReader<R> {
     }
 }
 
-
 /// A value of one cell, checked but not yet stored; text borrows from the
 /// line where it has no escapes.
 #[derive(Debug, Clone, PartialEq)]
