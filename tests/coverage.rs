@@ -109,7 +109,12 @@ fn killed_leaf_is_named_unreachable_and_its_rows_are_not_covered() {
         ],
         None,
     );
-    assert_eq!(loose.status.code(), Some(0));
+    assert_eq!(
+        loose.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&loose.stderr)
+    );
     let tight = cluster.run(
         &[
             "query",
