@@ -81,12 +81,14 @@ pub enum Request {
     Ingest {
         table: String,
         batch_id: BatchId,
+        #[serde(with = "serde_bytes")]
         ipc: Vec<u8>,
     },
     /// Leaf: run a plan fragment (datafusion-proto bytes) over `table`.
     Fragment {
         protocol_version: u32,
         table: String,
+        #[serde(with = "serde_bytes")]
         plan: Vec<u8>,
     },
     /// Leaf: tables, schemas, row counts, memory.
@@ -160,6 +162,7 @@ pub struct TableStats {
     pub memory_bytes: u64,
     pub rows_expired: u64,
     /// The table's schema on this leaf, as IPC.
+    #[serde(with = "serde_bytes")]
     pub schema_ipc: Vec<u8>,
 }
 
@@ -202,7 +205,7 @@ pub enum Response {
         memory_free_bytes: u64,
     },
     /// Part of a result: a self-contained IPC stream.
-    Batches(Vec<u8>),
+    Batches(#[serde(with = "serde_bytes")] Vec<u8>),
     /// End of a fragment's result, with the table's rows on this leaf.
     FragmentDone {
         table_rows: u64,
