@@ -346,6 +346,8 @@ pub struct BatchBuilder {
     /// source mostly list their keys in the same order, so a name compare
     /// finds the column without hashing.
     hint: Vec<usize>,
+    /// The column of each of the line's cells (reused from line to line).
+    slots: Vec<Option<usize>>,
     lines: Vec<u64>,
     bytes: usize,
     /// The CSV header once read: its names, or why it is unusable (then
@@ -376,6 +378,7 @@ impl BatchBuilder {
             }],
             index: HashMap::from([(time_column.to_string(), TIME_INDEX)]),
             hint: Vec::new(),
+            slots: Vec::new(),
             lines: Vec::new(),
             bytes: 0,
             csv_header: None,
@@ -431,7 +434,7 @@ impl BatchBuilder {
         // borrowed. The fast reader takes the common shapes; anything else
         // (escapes, syntax errors, nesting) goes through serde_json, which
         // also words the errors.
-        let entries = match json::fast::read_line(text, &self.time_column) {
+        let mut entries = match json::fast::read_line(text, &self.time_column) {
             Some(entries) => entries,
             None => {
                 let mut de = serde_json::Deserializer::from_str(text);
@@ -445,22 +448,27 @@ impl BatchBuilder {
                 .map_err(|e| reject(format!("invalid JSON: {e}")))?
             }
         };
-        let mut cells = Vec::with_capacity(entries.len());
-        for (name, parsed) in entries {
+        for (i, (name, parsed)) in entries.iter().enumerate() {
             // Lines hold a few dozen keys at most: a scan beats hashing.
-            if cells.iter().any(|(n, _): &(Cow<'_, str>, Cell)| *n == name) {
+            if entries[..i].iter().any(|(n, _)| n == name) {
                 return Err(reject(format!("column `{name}` appears twice")));
             }
-            match parsed {
-                json::Parsed::Cell(Some(cell)) => cells.push((name, cell)),
-                json::Parsed::Cell(None) => {}
-                json::Parsed::Bad(reason) => {
-                    return Err(reject(format!("column `{name}`: {reason}")))
-                }
+            if let json::Parsed::Bad(reason) = parsed {
+                return Err(reject(format!("column `{name}`: {reason}")));
             }
         }
+        entries.retain(|(_, parsed)| !matches!(parsed, json::Parsed::Cell(None)));
+        // In place: the entries' allocation holds the cells.
+        let cells = entries
+            .into_iter()
+            .map(|(name, parsed)| match parsed {
+                json::Parsed::Cell(Some(cell)) => (name, cell),
+                _ => unreachable!("nulls and bad values were taken out above"),
+            })
+            .collect();
         self.push_cells(line, text.len(), cells)
     }
+
     /// Adds one CSV line. The first call takes the header.
     pub fn push_csv(&mut self, line: u64, text: &str) -> Result<(), Rejection> {
         let reject = |reason: String| Rejection { line, reason };
@@ -544,10 +552,24 @@ impl BatchBuilder {
         len_bytes: usize,
         cells: Vec<(K, Cell<'_>)>,
     ) -> Result<(), Rejection> {
+        // One buffer for every line's column slots.
+        let mut slots = std::mem::take(&mut self.slots);
+        slots.clear();
+        let result = self.push_cells_into(line, len_bytes, cells, &mut slots);
+        self.slots = slots;
+        result
+    }
+
+    fn push_cells_into<K: AsRef<str>>(
+        &mut self,
+        line: u64,
+        len_bytes: usize,
+        cells: Vec<(K, Cell<'_>)>,
+        slots: &mut Vec<Option<usize>>,
+    ) -> Result<(), Rejection> {
         let reject = |reason: String| Rejection { line, reason };
         // Find each cell's column. Only a column new to this builder, or a
         // value its type does not take as is, needs the shared known types.
-        let mut slots: Vec<Option<usize>> = Vec::with_capacity(cells.len());
         let mut needs_known = false;
         for (k, (name, cell)) in cells.iter().enumerate() {
             let name = name.as_ref();
@@ -613,7 +635,7 @@ impl BatchBuilder {
 
         let rows = self.rows();
         let mut has_time = false;
-        for (k, ((name, cell), slot)) in cells.into_iter().zip(slots).enumerate() {
+        for (k, ((name, cell), &slot)) in cells.into_iter().zip(slots.iter()).enumerate() {
             let name = name.as_ref();
             let found = cell.column_type();
             let unified = known.as_mut().map(|known| match known.get_mut(name) {
@@ -1322,6 +1344,8 @@ mod tests {
     fn duplicate_keys_escaped_keys_and_huge_numbers_are_handled() {
         let mut b = builder();
         let err = b.push_json(1, r#"{"x": 1, "x": 2}"#).unwrap_err();
+        assert!(err.reason.contains("appears twice"), "{err}");
+        let err = b.push_json(1, r#"{"x": null, "x": 2}"#).unwrap_err();
         assert!(err.reason.contains("appears twice"), "{err}");
         b.push_json(2, r#"{"caf\u00e9": "ok", "n": 18446744073709551615}"#)
             .unwrap();
