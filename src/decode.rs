@@ -295,6 +295,9 @@ pub struct ChunkOrder {
 
 #[derive(Debug, Default)]
 struct ChunkOrderState {
+    /// A builder stopped before its chunks (the ingest is ending): nobody
+    /// waits any more.
+    abandoned: bool,
     /// Every chunk below this one is finished.
     done_below: u64,
     /// Finished chunks above `done_below`.
@@ -313,10 +316,19 @@ impl ChunkOrder {
         self.changed.notify_all();
     }
 
-    /// Waits until every chunk before `k` is finished.
+    /// Releases every waiter for good: a builder stopped without finishing
+    /// its chunks (its results had nowhere to go, or it panicked), so the
+    /// chunks it held will never be finished and their results are dropped.
+    pub fn abandon(&self) {
+        self.state.lock().expect("chunk order poisoned").abandoned = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits until every chunk before `k` is finished (or the order was
+    /// abandoned).
     fn wait_before(&self, k: u64) {
         let mut state = self.state.lock().expect("chunk order poisoned");
-        while state.done_below < k {
+        while state.done_below < k && !state.abandoned {
             state = self.changed.wait(state).expect("chunk order poisoned");
         }
     }
@@ -1508,6 +1520,32 @@ mod tests {
             }
         }
         assert!(read > 5_000, "the fast reader took only {read} lines");
+    }
+
+    #[test]
+    fn chunk_order_waits_for_every_earlier_chunk_in_any_finishing_order() {
+        let order = Arc::new(ChunkOrder::default());
+        let waiter = {
+            let order = Arc::clone(&order);
+            std::thread::spawn(move || order.wait_before(3))
+        };
+        order.finished(2);
+        order.finished(0);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(!waiter.is_finished(), "chunk 1 is not finished yet");
+        order.finished(1);
+        waiter.join().unwrap();
+    }
+
+    #[test]
+    fn an_abandoned_chunk_order_releases_its_waiters() {
+        let order = Arc::new(ChunkOrder::default());
+        let waiter = {
+            let order = Arc::clone(&order);
+            std::thread::spawn(move || order.wait_before(7))
+        };
+        order.abandon();
+        waiter.join().unwrap();
     }
 
     #[test]

@@ -165,6 +165,23 @@ fn decode_chunks(
     chunks: std::sync::mpsc::Receiver<Chunk>,
     results: std::sync::mpsc::SyncSender<Decoded>,
 ) {
+    /// Stopping early (results refused, or a panic) abandons the order, so
+    /// no other decoder waits for a chunk this one will never finish.
+    struct Abandon<'a> {
+        order: &'a ChunkOrder,
+        done: bool,
+    }
+    impl Drop for Abandon<'_> {
+        fn drop(&mut self) {
+            if !self.done {
+                self.order.abandon();
+            }
+        }
+    }
+    let mut guard = Abandon {
+        order: &order,
+        done: false,
+    };
     for chunk in chunks {
         builder.start_chunk(&order, chunk.seq);
         let mut rejections = Vec::new();
@@ -202,6 +219,7 @@ fn decode_chunks(
             return;
         }
     }
+    guard.done = true;
 }
 
 /// Reads `input` into chunks of lines and decodes them on several threads

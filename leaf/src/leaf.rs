@@ -459,6 +459,7 @@ impl Leaf {
             *state = State::default();
             let old = self.log.write().expect("log poisoned").take();
             if let Some(log) = old {
+                log.retire();
                 log.sync_to(log.written_bytes())?;
             }
         }

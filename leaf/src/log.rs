@@ -96,6 +96,9 @@ pub struct Log {
     synced_bytes: Mutex<u64>,
     /// Live records per segment.
     live: Mutex<BTreeMap<u64, u64>>,
+    /// Set (under `live`) once another `Log` over the same folder replaces
+    /// this one: from then on it deletes nothing.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 fn log_err(path: &Path, source: std::io::Error) -> LeafError {
@@ -244,6 +247,7 @@ impl Log {
             written_bytes: AtomicU64::new(0),
             synced_bytes: Mutex::new(0),
             live: Mutex::new(live),
+            retired: std::sync::atomic::AtomicBool::new(false),
         };
         // Segments whose records are all gone (expired before a crash).
         log.delete_dead();
@@ -357,6 +361,15 @@ impl Log {
 
     /// `records` records of `segment` are no longer held (their rows
     /// expired, or never applied); a segment left with none is deleted.
+    /// Stops this log from deleting segments, before a new `Log` is opened
+    /// over the same folder (which counts its own live records): a release
+    /// still running on this one with an old count must not delete a
+    /// segment the new one is about to replay.
+    pub fn retire(&self) {
+        let _live = self.live.lock().expect("poisoned");
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
     pub fn release(&self, segment: u64, records: u64) {
         {
             let mut live = self.live.lock().expect("poisoned");
@@ -376,6 +389,9 @@ impl Log {
     /// being written). Lock order: writer, then live.
     fn delete_dead_except(&self, current: u64) {
         let mut live = self.live.lock().expect("poisoned");
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         let dead: Vec<u64> = live
             .iter()
             .filter(|&(&id, &n)| n == 0 && id != current)
@@ -657,5 +673,19 @@ mod tests {
         // The current segment stays even when empty of live records.
         log.release(second.segment, 1);
         assert_eq!(list_segments(dir.path()).unwrap(), vec![second.segment]);
+    }
+
+    #[test]
+    fn a_retired_log_deletes_no_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = Log::open(dir.path(), FsyncPolicy::Group, 100, |_| Ok(())).unwrap();
+        let first = log.append("a", id(1), &[7u8; 80]).unwrap();
+        let second = log.append("a", id(2), &[7u8; 80]).unwrap();
+        log.retire();
+        log.release(first.segment, 1);
+        assert_eq!(
+            list_segments(dir.path()).unwrap(),
+            vec![first.segment, second.segment]
+        );
     }
 }

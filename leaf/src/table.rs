@@ -146,7 +146,11 @@ impl Block {
                     };
                 }
             };
-        match unchecked.check() {
+        // A panic while decoding bytes nobody vouched for yet refuses the
+        // block (and keeps this lock usable) instead of killing the check.
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unchecked.check()))
+            .unwrap_or_else(|_| Err(LeafError::Internal("checking the block panicked".into())));
+        match checked {
             Ok(batch) if batch.num_rows() as u64 == self.rows => {
                 *adopted = Adopted::Checked(batch.clone());
                 Ok(batch)
