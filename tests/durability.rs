@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{gen_events, TestCluster};
+use common::{gen_events, gen_events_at, TestCluster};
 use serde_json::json;
 
 /// `TestCluster::up` with extra `cluster up` flags.
@@ -116,12 +116,26 @@ fn rows_past_retention_leave_queries_and_the_log_and_do_not_come_back() {
 fn memory_budget_expires_the_oldest_blocks_and_keeps_the_leaf_under_it() {
     let limit: u64 = 16_000_000;
     let cluster = cluster_with(1, &["--memory-limit", &limit.to_string()]);
-    let out = cluster.ingest("events", &gen_events(300_000, 22), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Ten ingests one after another, each 10,000 s later than the last
+    // (events 37 ms apart, so each spans 1,110 s). Within one ingest,
+    // batches in flight at once may land in any order; across ingests,
+    // arrival follows time.
+    const RUNS: usize = 10;
+    const PER_RUN: u64 = 30_000;
+    for run in 0..RUNS {
+        let events = gen_events_at(
+            PER_RUN,
+            22 + run as u64,
+            1_700_000_000 + run as i64 * 10_000,
+        );
+        let out = cluster.ingest("events", &events, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let total = RUNS as u64 * PER_RUN;
     let stats = leaf_stats(&cluster, "leaf-0");
     assert!(
         stats["memory_used_bytes"].as_u64().unwrap() <= limit,
@@ -133,10 +147,27 @@ fn memory_budget_expires_the_oldest_blocks_and_keeps_the_leaf_under_it() {
         table["rows_expired"].as_u64().unwrap(),
     );
     assert!(expired > 0, "{stats}");
-    assert_eq!(rows + expired, 300_000);
-    // Oldest first: what is left is the newest rows, all of them.
-    let answer = cluster.query_json("SELECT count(*), min(id), max(id) FROM events", &[]);
-    assert_eq!(answer["rows"][0], json!([rows, 300_000 - rows, 299_999]));
+    assert_eq!(rows + expired, total);
+    // Oldest first, a block at a time: the oldest ingests are gone, the
+    // newest are whole, and the blocks (65,536 rows) in between leave at
+    // most three ingests partly kept.
+    let answer = cluster.query_json(
+        "SELECT CAST(floor((date_part('epoch', time) - 1700000000) / 10000) AS BIGINT) AS run, \
+         count(*) FROM events GROUP BY run ORDER BY run",
+        &[],
+    );
+    let mut kept = vec![0u64; RUNS];
+    for bin in answer["rows"].as_array().unwrap() {
+        kept[bin[0].as_u64().unwrap() as usize] = bin[1].as_u64().unwrap();
+    }
+    assert_eq!(kept.iter().sum::<u64>(), rows, "{kept:?}");
+    let first_kept = kept.iter().position(|&n| n > 0).unwrap();
+    let first_whole = kept.iter().position(|&n| n == PER_RUN).unwrap();
+    assert!(first_whole - first_kept <= 3, "{kept:?}");
+    assert!(
+        kept[first_whole..].iter().all(|&n| n == PER_RUN),
+        "{kept:?}"
+    );
 }
 
 #[test]
