@@ -1,11 +1,17 @@
 //! Turning input lines (JSON objects or CSV records) into Arrow batches.
 //!
 //! ```text
-//!  stdin ──LineReader──> line (bounded) ──BatchBuilder::push_*──> typed column buffers
+//!  stdin ──LineReader──> line (bounded) ──BatchBuilder::push_*──> Arrow builders, one per column
 //!                         │ oversized                │ bad line: Rejection{line, reason}
 //!                         v                          v
 //!                     Rejection               finish() ──> RecordBatch + line numbers
 //! ```
+//!
+//! JSON lines of the common shapes are read by a small hand-written reader
+//! (`json::fast`) that borrows keys and text from the line; anything else
+//! (escapes, nesting, syntax errors) goes through serde_json, which also
+//! words the errors. Several builders (one per decoding thread) can share
+//! one [`KnownTypes`], kept in input order by a [`ChunkOrder`].
 //!
 //! A line is checked whole before any of its values is kept, so a rejected
 //! line leaves no trace in the batch. Types come from the table's known
