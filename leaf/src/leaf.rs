@@ -904,6 +904,22 @@ struct LeafScan {
 
 impl ScanSource for LeafScan {
     fn scan(&self, table: &str, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+        // Adopted blocks not checked yet are checked first, outside the
+        // state lock, so a writer waiting for it does not hold back other
+        // scans meanwhile.
+        let unchecked: Vec<Arc<crate::table::Block>> = {
+            let state = self.leaf.state.read().expect("leaf state poisoned");
+            state.tables.get(table).map_or_else(Vec::new, |t| {
+                t.sealed_blocks()
+                    .iter()
+                    .filter(|b| !b.is_checked())
+                    .cloned()
+                    .collect()
+            })
+        };
+        for block in &unchecked {
+            block.batch()?;
+        }
         let state = self.leaf.state.read().expect("leaf state poisoned");
         // Under the lock: a recovery in place says so before it empties
         // the tables, so an empty table here is never a recovering one.

@@ -169,16 +169,15 @@ impl Block {
         }
     }
 
-    /// Whether reading this block needs no check any more.
+    /// Whether reading this block needs no check any more (false while
+    /// another thread is checking it: this never waits).
     pub fn is_checked(&self) -> bool {
         match &self.data {
             BlockData::Ready(_) => true,
-            BlockData::Adopted(lock) => {
-                matches!(
-                    *lock.lock().expect("block check poisoned"),
-                    Adopted::Checked(_)
-                )
-            }
+            BlockData::Adopted(lock) => match lock.try_lock() {
+                Ok(adopted) => matches!(*adopted, Adopted::Checked(_)),
+                Err(_) => false,
+            },
         }
     }
 
