@@ -371,7 +371,9 @@ impl LeafTransport for InProcessTransport {
     }
 
     async fn stats(&self, leaf: usize) -> Result<LeafStats, MissingReason> {
-        Ok(self.leaves[leaf].stats())
+        self.leaves[leaf]
+            .stats()
+            .map_err(|e| reason_of(&e.to_wire()))
     }
 
     async fn fragment(

@@ -846,8 +846,13 @@ impl Leaf {
             .map_or(0, Table::rows)
     }
 
-    pub fn stats(&self) -> LeafStats {
+    /// Tables, row counts and memory. Refused while the leaf rebuilds its
+    /// tables in place, so nobody takes its emptied tables for its data:
+    /// the aggregator keeps the counts it last saw and reports the leaf
+    /// `restarting`.
+    pub fn stats(&self) -> Result<LeafStats> {
         let state = self.state.read().expect("leaf state poisoned");
+        self.check_serving()?;
         let mut tables: Vec<TableStats> = state
             .tables
             .values()
@@ -860,14 +865,14 @@ impl Leaf {
             })
             .collect();
         tables.sort_by(|a, b| a.name.cmp(&b.name));
-        LeafStats {
+        Ok(LeafStats {
             leaf: self.options.id.clone(),
             tables,
             memory_used_bytes: state.memory_bytes(),
             memory_limit_bytes: self.options.memory_limit_bytes,
             accepting_writes: self.accepting_writes.load(Ordering::SeqCst),
             pid: std::process::id(),
-        }
+        })
     }
 
     /// Decodes a fragment and starts it; returns the table's row count at

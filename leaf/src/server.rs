@@ -95,7 +95,11 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
             }
         }
         Request::LeafStats => {
-            write_frame(&mut send, &Response::Stats(leaf.stats())).await?;
+            let reply = match leaf.stats() {
+                Ok(stats) => Response::Stats(stats),
+                Err(e) => Response::Error(e.to_wire()),
+            };
+            write_frame(&mut send, &reply).await?;
         }
         Request::HeldBatches { ids } => {
             // A recovering peer asks about at most its held-back records.
