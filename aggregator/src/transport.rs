@@ -206,7 +206,11 @@ impl QuicTransport {
         }
     }
 
-    async fn call(&self, leaf: usize, req: &Request) -> Result<quinn::RecvStream, MissingReason> {
+    async fn call<R: serde::Serialize + Sync>(
+        &self,
+        leaf: usize,
+        req: &R,
+    ) -> Result<quinn::RecvStream, MissingReason> {
         let conn = self.connection(leaf).await?;
         match request(&conn, req).await {
             Ok(r) => Ok(r),
@@ -322,10 +326,11 @@ impl QuicTransport {
         batch_id: BatchId,
         ipc: Arc<Vec<u8>>,
     ) -> Result<IngestAck, IngestFailure> {
-        let req = Request::Ingest {
-            table: table.to_string(),
+        // Borrowed: a batch retried on several leaves is not copied per try.
+        let req = scuba::wire::IngestRef::Ingest {
+            table,
             batch_id,
-            ipc: ipc.as_ref().clone(),
+            ipc: ipc.as_slice(),
         };
         let unreachable = |e: String| IngestFailure::Unreachable(e);
         let mut recv = self
