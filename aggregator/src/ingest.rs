@@ -255,6 +255,7 @@ fn read_input<R: BufRead>(
     std::thread::scope(|s| {
         let mut to_decoders = Vec::with_capacity(decoders);
         let mut from_decoders = Vec::with_capacity(decoders);
+        let mut handles = Vec::with_capacity(decoders);
         for _ in 0..decoders {
             let builder = first.take().unwrap_or_else(|| {
                 BatchBuilder::new(&options.table, &options.time_column, now_us)
@@ -264,7 +265,8 @@ fn read_input<R: BufRead>(
             let (result_tx, result_rx) = std::sync::mpsc::sync_channel::<Decoded>(1);
             let format = options.format;
             let order = Arc::clone(&order);
-            s.spawn(move || decode_chunks(builder, format, order, chunk_rx, result_tx));
+            handles
+                .push(s.spawn(move || decode_chunks(builder, format, order, chunk_rx, result_tx)));
             to_decoders.push(chunk_tx);
             from_decoders.push(result_rx);
         }
@@ -332,7 +334,9 @@ fn read_input<R: BufRead>(
             }
             if chunk.is_full() {
                 if to_decoders[k % decoders].send(chunk).is_err() {
-                    return; // the ingest stopped taking batches
+                    // The ingest stopped taking batches (or a decoder died).
+                    chunk = Chunk::default();
+                    break;
                 }
                 k += 1;
                 chunk = Chunk {
@@ -345,6 +349,13 @@ fn read_input<R: BufRead>(
             let _ = to_decoders[k % decoders].send(chunk);
         }
         // Dropping the senders ends the decoders, then the collector.
+        drop(to_decoders);
+        for handle in handles {
+            if handle.join().is_err() {
+                // Its lines were neither sent nor rejected: say so.
+                failed.get_or_insert_with(|| "a decoding thread panicked (a bug)".to_string());
+            }
+        }
     });
     if let Some(why) = failed {
         let _ = tx.blocking_send(Msg::Failed(why));
