@@ -912,7 +912,10 @@ impl ScanSource for LeafScan {
         // Adopted blocks not checked yet are checked first, outside the
         // state lock, so a writer waiting for it does not hold back other
         // scans meanwhile.
-        let unchecked: Vec<Arc<crate::table::Block>> = {
+        let checking = *self.leaf.adoption.lock().expect("poisoned") == Adoption::Checking;
+        let unchecked: Vec<Arc<crate::table::Block>> = if !checking {
+            Vec::new() // every adopted block is checked (or was replaced)
+        } else {
             let state = self.leaf.state.read().expect("leaf state poisoned");
             state.tables.get(table).map_or_else(Vec::new, |t| {
                 t.sealed_blocks()

@@ -575,6 +575,11 @@ mod tests {
         (seen, rec)
     }
 
+    /// A log opened over `dir`, replaying nothing of interest.
+    fn empty_log(dir: &Path, policy: FsyncPolicy, segment_bytes_max: u64) -> (Log, Recovery) {
+        Log::open(dir, policy, segment_bytes_max, |_| Ok(())).unwrap()
+    }
+
     fn last_segment(dir: &Path) -> PathBuf {
         segment_path(dir, *list_segments(dir).unwrap().last().unwrap())
     }
@@ -583,13 +588,7 @@ mod tests {
     fn appended_records_replay_in_order() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (log, _) = Log::open(
-                dir.path(),
-                FsyncPolicy::Group,
-                SEGMENT_BYTES_MAX_DEFAULT,
-                |_| Ok(()),
-            )
-            .unwrap();
+            let (log, _) = empty_log(dir.path(), FsyncPolicy::Group, SEGMENT_BYTES_MAX_DEFAULT);
             let a = log.append("a", id(1), b"one").unwrap();
             log.append("b", id(2), b"two").unwrap();
             log.sync_to(a.end).unwrap();
@@ -609,13 +608,7 @@ mod tests {
     fn truncated_last_record_is_dropped_and_the_rest_kept() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (log, _) = Log::open(
-                dir.path(),
-                FsyncPolicy::Never,
-                SEGMENT_BYTES_MAX_DEFAULT,
-                |_| Ok(()),
-            )
-            .unwrap();
+            let (log, _) = empty_log(dir.path(), FsyncPolicy::Never, SEGMENT_BYTES_MAX_DEFAULT);
             log.append("a", id(1), b"one").unwrap();
             log.append("a", id(2), b"two-two-two").unwrap();
         }
@@ -640,13 +633,7 @@ mod tests {
     fn flipped_byte_in_last_record_is_caught_by_checksum() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (log, _) = Log::open(
-                dir.path(),
-                FsyncPolicy::Never,
-                SEGMENT_BYTES_MAX_DEFAULT,
-                |_| Ok(()),
-            )
-            .unwrap();
+            let (log, _) = empty_log(dir.path(), FsyncPolicy::Never, SEGMENT_BYTES_MAX_DEFAULT);
             log.append("a", id(1), b"one").unwrap();
             log.append("a", id(2), b"two").unwrap();
         }
@@ -663,7 +650,7 @@ mod tests {
     #[test]
     fn segments_rotate_and_a_segment_with_no_live_records_is_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = Log::open(dir.path(), FsyncPolicy::Group, 100, |_| Ok(())).unwrap();
+        let (log, _) = empty_log(dir.path(), FsyncPolicy::Group, 100);
         let first = log.append("a", id(1), &[7u8; 80]).unwrap();
         let second = log.append("a", id(2), &[7u8; 80]).unwrap();
         assert_ne!(first.segment, second.segment);
@@ -678,7 +665,7 @@ mod tests {
     #[test]
     fn a_retired_log_deletes_no_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = Log::open(dir.path(), FsyncPolicy::Group, 100, |_| Ok(())).unwrap();
+        let (log, _) = empty_log(dir.path(), FsyncPolicy::Group, 100);
         let first = log.append("a", id(1), &[7u8; 80]).unwrap();
         let second = log.append("a", id(2), &[7u8; 80]).unwrap();
         log.retire();
