@@ -33,7 +33,7 @@ use crate::shm::BlockFile;
 
 /// Bumped whenever the segment's layout changes; a successor with another
 /// version recovers from disk instead.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 pub const HEADER_FILE: &str = "segment.hdr";
 const MAGIC: [u8; 8] = *b"SCUBASHM";
@@ -109,6 +109,9 @@ pub struct Manifest {
     pub tables: Vec<TableManifest>,
     /// Batch ids the leaf remembers, oldest first, so retries stay idempotent.
     pub batch_ids: Vec<BatchId>,
+    /// Those of `batch_ids` whose rows another leaf holds (dropped after a
+    /// crash because a client had retried them there).
+    pub batch_ids_elsewhere: Vec<BatchId>,
     /// The disk log's segments and lengths at hand-off: the successor's log
     /// must match.
     pub log_segments: Vec<(u64, u64)>,
@@ -198,7 +201,11 @@ mod tests {
         Manifest {
             leaf: "leaf-0".into(),
             tables: vec![],
-            batch_ids: vec![BatchId { session: 1, seq: 2 }],
+            batch_ids: vec![
+                BatchId { session: 1, seq: 2 },
+                BatchId { session: 1, seq: 3 },
+            ],
+            batch_ids_elsewhere: vec![BatchId { session: 1, seq: 3 }],
             log_segments: vec![(1, 99)],
             next_block_seq: 3,
         }

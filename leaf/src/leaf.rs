@@ -138,13 +138,26 @@ pub struct IngestOutcome {
 #[derive(Default)]
 struct State {
     tables: HashMap<String, Table>,
-    batch_ids: HashSet<BatchId>,
+    /// Every batch id seen (so a retry is not applied twice), and where its
+    /// rows are.
+    batch_ids: HashMap<BatchId, Rows>,
     batch_order: VecDeque<BatchId>,
 }
 
+/// Where the rows of a batch this leaf has seen are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// Applied here.
+    Here,
+    /// Logged here just before a crash, but another leaf applied the
+    /// batch (a client retried it there), so this one dropped it. A peer
+    /// asking after its own crash must not be told this leaf holds it.
+    Elsewhere,
+}
+
 impl State {
-    fn remember(&mut self, id: BatchId) {
-        if self.batch_ids.insert(id) {
+    fn remember(&mut self, id: BatchId, rows: Rows) {
+        if self.batch_ids.insert(id, rows).is_none() {
             self.batch_order.push_back(id);
             if self.batch_order.len() > BATCH_IDS_REMEMBERED_MAX {
                 if let Some(old) = self.batch_order.pop_front() {
@@ -566,6 +579,12 @@ impl Leaf {
             leaf: self.options.id.clone(),
             tables,
             batch_ids: state.batch_order.iter().copied().collect(),
+            batch_ids_elsewhere: state
+                .batch_order
+                .iter()
+                .copied()
+                .filter(|id| state.batch_ids.get(id) == Some(&Rows::Elsewhere))
+                .collect(),
             log_segments,
             next_block_seq: store.next_seq(),
         };
@@ -619,7 +638,7 @@ impl Leaf {
                 if elsewhere.contains(&record.header.batch_id) {
                     dropped += 1;
                     expired.segments.push((record.segment, 1));
-                    state.remember(record.header.batch_id);
+                    state.remember(record.header.batch_id, Rows::Elsewhere);
                 } else {
                     applied += 1;
                     replay_record(
@@ -649,7 +668,7 @@ impl Leaf {
         let state = self.state.read().expect("leaf state poisoned");
         ids.iter()
             .copied()
-            .filter(|id| state.batch_ids.contains(id))
+            .filter(|id| state.batch_ids.get(id) == Some(&Rows::Here))
             .collect()
     }
 
@@ -754,7 +773,7 @@ impl Leaf {
             });
         }
         *log = self.log();
-        if state.batch_ids.contains(&batch_id) {
+        if state.batch_ids.contains_key(&batch_id) {
             return Ok((0, None, true));
         }
         // Check before logging, so the log holds only batches that apply.
@@ -781,7 +800,7 @@ impl Leaf {
             cutoff,
             expired,
         )?;
-        state.remember(batch_id);
+        state.remember(batch_id, Rows::Here);
         Ok((rows, appended.map(|a| a.end), false))
     }
 
@@ -972,7 +991,7 @@ fn recover(
             // A batch another leaf took over after this one died.
             if tombstones.contains(&record.header.batch_id) {
                 expired.segments.push((record.segment, 1));
-                state.remember(record.header.batch_id);
+                state.remember(record.header.batch_id, Rows::Elsewhere);
                 return Ok(());
             }
             // Hold back the newest records until the window ends at the
@@ -1060,8 +1079,14 @@ fn adopt(
         &manifest.log_segments,
         &live,
     )?;
+    let elsewhere: HashSet<&BatchId> = manifest.batch_ids_elsewhere.iter().collect();
     for id in &manifest.batch_ids {
-        state.remember(*id);
+        let rows = if elsewhere.contains(id) {
+            Rows::Elsewhere
+        } else {
+            Rows::Here
+        };
+        state.remember(*id, rows);
     }
     Ok((state, log))
 }
@@ -1143,7 +1168,7 @@ fn replay_record(
         tracing::warn!("skipping a log record that does not apply: {e}");
         expired.segments.push((record.segment, 1));
     }
-    state.remember(record.header.batch_id);
+    state.remember(record.header.batch_id, Rows::Here);
     Ok(())
 }
 
