@@ -26,8 +26,8 @@ use std::io::BufRead;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder,
-    StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -59,7 +59,7 @@ impl std::fmt::Display for Rejection {
     }
 }
 
-/// One line from [`LineReader`].
+/// One line from [`LineReader`] or a [`TextChunk`].
 #[derive(Debug)]
 pub enum Line<'a> {
     Text {
@@ -75,6 +75,158 @@ pub enum Line<'a> {
     NotUtf8 {
         number: u64,
     },
+}
+
+/// Input cut at line ends, for decoding on several threads: the reader only
+/// finds where lines end; whoever decodes the chunk checks each line's
+/// UTF-8 ([`TextChunk::line`]). One copy of the input (the read itself).
+#[derive(Debug, Default)]
+pub struct TextChunk {
+    /// The number of the chunk's first line (counting from 1).
+    pub first_line: u64,
+    text: Vec<u8>,
+    lines: Vec<ChunkLine>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ChunkLine {
+    /// `text[start..end]`, without its line feed.
+    Text { start: u32, end: u32 },
+    /// Longer than [`LINE_BYTES_MAX`]: skipped, not held.
+    Oversized { len_bytes: usize },
+}
+
+impl TextChunk {
+    /// Lines in the chunk.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Line `i` of the chunk (numbered in the whole input), without its
+    /// line ending.
+    pub fn line(&self, i: usize) -> Line<'_> {
+        let number = self.first_line + i as u64;
+        match self.lines[i] {
+            ChunkLine::Oversized { len_bytes } => Line::Oversized { number, len_bytes },
+            ChunkLine::Text { start, end } => {
+                let mut bytes = &self.text[start as usize..end as usize];
+                if let [rest @ .., b'\r'] = bytes {
+                    bytes = rest;
+                }
+                match std::str::from_utf8(bytes) {
+                    Ok(text) => Line::Text { number, text },
+                    Err(_) => Line::NotUtf8 { number },
+                }
+            }
+        }
+    }
+}
+
+/// Bytes asked of the input per read.
+const READ_BYTES: usize = 128 * 1024;
+
+/// Reads `input` to its end in chunks of at most `max_lines` lines and
+/// about `max_bytes` bytes (a chunk is cut at the first line end past it),
+/// handing each to `send` in input order; stops early when `send` says
+/// false. A line longer than [`LINE_BYTES_MAX`] is skipped without being
+/// held whole, and reported in its place.
+pub fn read_chunks<R: std::io::Read>(
+    mut input: R,
+    max_lines: usize,
+    max_bytes: usize,
+    mut send: impl FnMut(TextChunk) -> bool,
+) -> std::io::Result<()> {
+    use std::io::Read as _;
+    let mut chunk = TextChunk {
+        first_line: 1,
+        ..TextChunk::default()
+    };
+    // `chunk.text[line_start..]` is the line being read; up to `scanned`
+    // it has no line feed.
+    let mut line_start = 0usize;
+    let mut scanned = 0usize;
+    // Bytes of an oversized line skipped so far.
+    let mut skipping: Option<usize> = None;
+    loop {
+        let read = match input
+            .by_ref()
+            .take(READ_BYTES as u64)
+            .read_to_end(&mut chunk.text)
+        {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let at_end = read == 0;
+        loop {
+            let Some(at) = memchr::memchr(b'\n', &chunk.text[scanned..]) else {
+                scanned = chunk.text.len();
+                break;
+            };
+            let end = scanned + at;
+            match skipping.take() {
+                Some(skipped) => {
+                    chunk.lines.push(ChunkLine::Oversized {
+                        len_bytes: skipped + (end - line_start) + 1,
+                    });
+                    // Drop the oversized line's last bytes.
+                    chunk.text.drain(line_start..=end);
+                }
+                None if end - line_start > LINE_BYTES_MAX => {
+                    chunk.lines.push(ChunkLine::Oversized {
+                        len_bytes: end - line_start + 1,
+                    });
+                    chunk.text.drain(line_start..=end);
+                }
+                None => {
+                    chunk.lines.push(ChunkLine::Text {
+                        start: line_start as u32,
+                        end: end as u32,
+                    });
+                    line_start = end + 1;
+                }
+            }
+            scanned = line_start;
+            if chunk.lines.len() >= max_lines || line_start >= max_bytes {
+                // The rest starts the next chunk.
+                let next = TextChunk {
+                    first_line: chunk.first_line + chunk.lines.len() as u64,
+                    text: chunk.text[line_start..].to_vec(),
+                    lines: Vec::new(),
+                };
+                chunk.text.truncate(line_start);
+                if !send(std::mem::replace(&mut chunk, next)) {
+                    return Ok(());
+                }
+                line_start = 0;
+                scanned = 0;
+            }
+        }
+        let partial = chunk.text.len() - line_start;
+        if skipping.is_some() || partial > LINE_BYTES_MAX {
+            *skipping.get_or_insert(0) += partial;
+            chunk.text.truncate(line_start);
+            scanned = line_start;
+        }
+        if at_end {
+            match skipping {
+                Some(len_bytes) => chunk.lines.push(ChunkLine::Oversized { len_bytes }),
+                None if line_start < chunk.text.len() => chunk.lines.push(ChunkLine::Text {
+                    start: line_start as u32,
+                    end: chunk.text.len() as u32,
+                }),
+                None => {}
+            }
+            if !chunk.lines.is_empty() {
+                send(chunk);
+            }
+            return Ok(());
+        }
+    }
 }
 
 /// Reads lines with a bound on their length: a longer line is skipped and
@@ -158,16 +310,111 @@ enum Cell<'a> {
     Time(i64),
 }
 
-impl Cell<'_> {
-    fn column_type(&self) -> ColumnType {
-        match self {
-            Cell::Int(_) => ColumnType::Int64,
-            Cell::Float(_) => ColumnType::Float64,
-            Cell::Bool(_) => ColumnType::Bool,
-            Cell::Str(_) => ColumnType::Utf8,
-            Cell::Tags(_) => ColumnType::Tags,
-            Cell::Time(_) => ColumnType::Timestamp,
+/// Where a piece of text is in the text a line was read from (the line
+/// itself, or [`LineEntries::scratch`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    #[inline]
+    fn of(self, src: &str) -> &str {
+        &src[self.start as usize..self.end as usize]
+    }
+}
+
+/// One value of a line, read but not yet stored. Text is a span of the
+/// source, so reading a line allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Raw {
+    Null,
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(Span),
+    /// `count` spans from `first` in [`LineEntries::tags`].
+    Tags {
+        first: u32,
+        count: u32,
+    },
+    Time(i64),
+    /// Why the value cannot be stored.
+    Bad(Span),
+}
+
+impl Raw {
+    fn column_type(&self) -> Option<ColumnType> {
+        Some(match self {
+            Raw::Int(_) => ColumnType::Int64,
+            Raw::Float(_) => ColumnType::Float64,
+            Raw::Bool(_) => ColumnType::Bool,
+            Raw::Str(_) => ColumnType::Utf8,
+            Raw::Tags { .. } => ColumnType::Tags,
+            Raw::Time(_) => ColumnType::Timestamp,
+            Raw::Null | Raw::Bad(_) => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    key: Span,
+    value: Raw,
+}
+
+/// A line's (key, value) pairs in line order; reused from line to line.
+#[derive(Debug, Default)]
+struct LineEntries {
+    entries: Vec<Entry>,
+    tags: Vec<Span>,
+    /// The text spans point into when it is not the line itself: unescaped
+    /// strings, CSV fields, reasons.
+    scratch: String,
+}
+
+impl LineEntries {
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.tags.clear();
+        self.scratch.clear();
+    }
+
+    fn push_text(&mut self, text: &str) -> Span {
+        let start = self.scratch.len() as u32;
+        self.scratch.push_str(text);
+        Span {
+            start,
+            end: self.scratch.len() as u32,
         }
+    }
+
+    /// A cell read by serde or from CSV, its text copied into `scratch`.
+    fn raw_of(&mut self, cell: Cell<'_>) -> Raw {
+        match cell {
+            Cell::Int(x) => Raw::Int(x),
+            Cell::Float(x) => Raw::Float(x),
+            Cell::Bool(x) => Raw::Bool(x),
+            Cell::Time(x) => Raw::Time(x),
+            Cell::Str(s) => Raw::Str(self.push_text(&s)),
+            Cell::Tags(tags) => {
+                let first = self.tags.len() as u32;
+                for t in &tags {
+                    let span = self.push_text(t);
+                    self.tags.push(span);
+                }
+                Raw::Tags {
+                    first,
+                    count: tags.len() as u32,
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, key: &str, value: Raw) {
+        let key = self.push_text(key);
+        self.entries.push(Entry { key, value });
     }
 }
 
@@ -194,17 +441,6 @@ impl Values {
         }
     }
 
-    fn len(&self) -> usize {
-        match self {
-            Values::Int(b) => b.len(),
-            Values::Float(b) => b.len(),
-            Values::Bool(b) => b.len(),
-            Values::Str(b) => b.len(),
-            Values::Tags(b) => b.len(),
-            Values::Time(b) => b.len(),
-        }
-    }
-
     fn append_nulls(&mut self, n: usize) {
         match self {
             Values::Int(b) => b.append_nulls(n),
@@ -226,22 +462,23 @@ impl Values {
         }
     }
 
-    /// Stores a cell already checked to fit (ints into a float column allowed).
-    fn push(&mut self, cell: Cell<'_>) {
-        match (self, cell) {
-            (Values::Int(b), Cell::Int(x)) => b.append_value(x),
-            (Values::Float(b), Cell::Float(x)) => b.append_value(x),
-            (Values::Float(b), Cell::Int(x)) => b.append_value(x as f64),
-            (Values::Bool(b), Cell::Bool(x)) => b.append_value(x),
-            (Values::Str(b), Cell::Str(x)) => b.append_value(x),
-            (Values::Tags(b), Cell::Tags(tags)) => {
-                for t in tags {
-                    b.values().append_value(t);
+    /// Stores a value already checked to fit (ints into a float column
+    /// allowed); text is read from `src`.
+    fn push(&mut self, src: &str, tags: &[Span], raw: Raw) {
+        match (self, raw) {
+            (Values::Int(b), Raw::Int(x)) => b.append_value(x),
+            (Values::Float(b), Raw::Float(x)) => b.append_value(x),
+            (Values::Float(b), Raw::Int(x)) => b.append_value(x as f64),
+            (Values::Bool(b), Raw::Bool(x)) => b.append_value(x),
+            (Values::Str(b), Raw::Str(x)) => b.append_value(x.of(src)),
+            (Values::Tags(b), Raw::Tags { first, count }) => {
+                for t in &tags[first as usize..(first + count) as usize] {
+                    b.values().append_value(t.of(src));
                 }
                 b.append(true);
             }
-            (Values::Time(b), Cell::Time(x)) => b.append_value(x),
-            (values, cell) => unreachable!("cell {cell:?} was checked to fit {values:?}"),
+            (Values::Time(b), Raw::Time(x)) => b.append_value(x),
+            (values, raw) => unreachable!("value {raw:?} was checked to fit {values:?}"),
         }
     }
 
@@ -259,7 +496,8 @@ impl Values {
 }
 
 /// A column this builder has stored values in; kept across batches, so a
-/// line's keys find their columns by position (see `hint`).
+/// line's keys find their columns by the order they came in last time
+/// (see `follower`).
 #[derive(Debug)]
 struct Column {
     name: String,
@@ -268,15 +506,65 @@ struct Column {
     /// Values (not nulls) in the batch being built: a column without any is
     /// left out of it.
     non_null: usize,
+    /// The last line that named this column: a second key naming it in
+    /// the same line is a duplicate.
+    seen_in: u64,
+    /// Rows (values and nulls) in the batch being built.
+    len: usize,
+    /// The column whose key followed this one's last time: lines of one
+    /// source mostly list their keys in one order, so a compare finds the
+    /// next key's column without hashing, and a key left out of a line
+    /// costs one lookup, not one for every key after it.
+    follower: usize,
 }
 
 impl Column {
-    fn pad_to(&mut self, rows: usize) {
-        let len = self.values.len();
-        if len < rows {
-            self.values.append_nulls(rows - len);
+    fn new(name: &str, column_type: ColumnType, seen_in: u64) -> Column {
+        Column {
+            name: name.to_string(),
+            column_type,
+            values: Values::new(column_type),
+            non_null: 0,
+            seen_in,
+            len: 0,
+            follower: NO_COLUMN,
         }
     }
+
+    fn pad_to(&mut self, rows: usize) {
+        if self.len < rows {
+            self.values.append_nulls(rows - self.len);
+            self.len = rows;
+        }
+    }
+
+    fn push(&mut self, src: &str, tags: &[Span], raw: Raw) {
+        self.values.push(src, tags, raw);
+        self.len += 1;
+        self.non_null += 1;
+    }
+
+    /// The values so far as an array; the column starts over, empty.
+    fn finish(&mut self) -> ArrayRef {
+        self.len = 0;
+        self.non_null = 0;
+        self.values.finish()
+    }
+}
+
+/// No column (see `Column::follower`).
+const NO_COLUMN: usize = usize::MAX;
+
+/// Key equality for short keys without a call into `memcmp`.
+#[inline]
+fn same_key(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len()
+        && if a.len() <= 16 {
+            a.iter().zip(b).all(|(x, y)| x == y)
+        } else {
+            a == b
+        }
 }
 
 /// The column types of one table as an ingest knows them: seeded from the
@@ -360,12 +648,14 @@ pub struct BatchBuilder {
     known: KnownTypes,
     columns: Vec<Column>,
     index: HashMap<String, usize>,
-    /// The column of each key position of the last line: lines of one
-    /// source mostly list their keys in the same order, so a name compare
-    /// finds the column without hashing.
-    hint: Vec<usize>,
-    /// The column of each of the line's cells (reused from line to line).
+    /// The column of the last line's first key (see `Column::follower`).
+    first_key: usize,
+    /// The column of each of the line's keys (reused from line to line).
     slots: Vec<Option<usize>>,
+    /// The line being read (reused from line to line).
+    read: LineEntries,
+    /// Counts lines pushed, to find a key named twice (`Column::seen_in`).
+    stamp: u64,
     lines: Vec<u64>,
     bytes: usize,
     /// The CSV header once read: its names, or why it is unusable (then
@@ -388,15 +678,12 @@ impl BatchBuilder {
             time_column: time_column.to_string(),
             ingest_time_us,
             known: Arc::new(Mutex::new(known)),
-            columns: vec![Column {
-                name: time_column.to_string(),
-                column_type: ColumnType::Timestamp,
-                values: Values::new(ColumnType::Timestamp),
-                non_null: 0,
-            }],
+            columns: vec![Column::new(time_column, ColumnType::Timestamp, 0)],
             index: HashMap::from([(time_column.to_string(), TIME_INDEX)]),
-            hint: Vec::new(),
+            first_key: TIME_INDEX,
             slots: Vec::new(),
+            read: LineEntries::default(),
+            stamp: 0,
             lines: Vec::new(),
             bytes: 0,
             csv_header: None,
@@ -447,44 +734,24 @@ impl BatchBuilder {
 
     /// Adds one JSON line; on error the batch is unchanged.
     pub fn push_json(&mut self, line: u64, text: &str) -> Result<(), Rejection> {
-        let reject = |reason: String| Rejection { line, reason };
-        // Straight from the text into cells: no `Value` tree, keys and text
-        // borrowed. The fast reader takes the common shapes; anything else
-        // (escapes, syntax errors, nesting) goes through serde_json, which
-        // also words the errors.
-        let mut entries = match json::fast::read_line(text, &self.time_column) {
-            Some(entries) => entries,
-            None => {
-                let mut de = serde_json::Deserializer::from_str(text);
-                serde::Deserializer::deserialize_map(
-                    &mut de,
-                    json::LineVisitor {
-                        time_column: &self.time_column,
-                    },
-                )
-                .and_then(|entries| de.end().map(|()| entries))
-                .map_err(|e| reject(format!("invalid JSON: {e}")))?
+        // Straight from the text into spans and values: no `Value` tree, and
+        // no allocation per line. The fast reader takes the common shapes;
+        // anything else (escapes, syntax errors, nesting, a bad time) goes
+        // through serde_json, which also words the errors.
+        let mut read = std::mem::take(&mut self.read);
+        let result = if json::fast::read_line(text, &self.time_column, &mut read) {
+            self.push_entries(line, text.len(), text, &read)
+        } else {
+            match json::read_line_serde(text, &self.time_column, &mut read) {
+                Ok(()) => self.push_entries(line, text.len(), &read.scratch, &read),
+                Err(e) => Err(Rejection {
+                    line,
+                    reason: format!("invalid JSON: {e}"),
+                }),
             }
         };
-        for (i, (name, parsed)) in entries.iter().enumerate() {
-            // Lines hold a few dozen keys at most: a scan beats hashing.
-            if entries[..i].iter().any(|(n, _)| n == name) {
-                return Err(reject(format!("column `{name}` appears twice")));
-            }
-            if let json::Parsed::Bad(reason) = parsed {
-                return Err(reject(format!("column `{name}`: {reason}")));
-            }
-        }
-        entries.retain(|(_, parsed)| !matches!(parsed, json::Parsed::Cell(None)));
-        // In place: the entries' allocation holds the cells.
-        let cells = entries
-            .into_iter()
-            .map(|(name, parsed)| match parsed {
-                json::Parsed::Cell(Some(cell)) => (name, cell),
-                _ => unreachable!("nulls and bad values were taken out above"),
-            })
-            .collect();
-        self.push_cells(line, text.len(), cells)
+        self.read = read;
+        result
     }
 
     /// Adds one CSV line. The first call takes the header.
@@ -511,20 +778,29 @@ impl BatchBuilder {
                 record.len()
             )));
         }
-        let mut cells = Vec::with_capacity(record.len());
+        let mut read = std::mem::take(&mut self.read);
+        read.clear();
         for (name, raw) in header.iter().zip(record) {
             if raw.is_empty() {
                 continue;
             }
             let cell = if name == &self.time_column {
-                time_from_text(&raw)
-                    .map_err(|reason| reject(format!("column `{name}`: {reason}")))?
+                match time_from_text(&raw) {
+                    Ok(cell) => cell,
+                    Err(reason) => {
+                        self.read = read;
+                        return Err(reject(format!("column `{name}`: {reason}")));
+                    }
+                }
             } else {
                 self.cell_from_csv(name, raw)
             };
-            cells.push((name.clone(), cell));
+            let value = read.raw_of(cell);
+            read.push(name, value);
         }
-        self.push_cells(line, text.len(), cells)
+        let result = self.push_entries(line, text.len(), &read.scratch, &read);
+        self.read = read;
+        result
     }
 
     /// True once a CSV header was read.
@@ -564,47 +840,87 @@ impl BatchBuilder {
         }
     }
 
-    fn push_cells<K: AsRef<str>>(
+    /// Adds one line read into `read`, whose spans point into `src`.
+    fn push_entries(
         &mut self,
         line: u64,
         len_bytes: usize,
-        cells: Vec<(K, Cell<'_>)>,
+        src: &str,
+        read: &LineEntries,
     ) -> Result<(), Rejection> {
         // One buffer for every line's column slots.
         let mut slots = std::mem::take(&mut self.slots);
         slots.clear();
-        let result = self.push_cells_into(line, len_bytes, cells, &mut slots);
+        let result = self.push_entries_into(line, len_bytes, src, read, &mut slots);
         self.slots = slots;
         result
     }
 
-    fn push_cells_into<K: AsRef<str>>(
+    fn push_entries_into(
         &mut self,
         line: u64,
         len_bytes: usize,
-        cells: Vec<(K, Cell<'_>)>,
+        src: &str,
+        read: &LineEntries,
         slots: &mut Vec<Option<usize>>,
     ) -> Result<(), Rejection> {
         let reject = |reason: String| Rejection { line, reason };
-        // Find each cell's column. Only a column new to this builder, or a
+        let entries = &read.entries;
+        self.stamp += 1;
+        let stamp = self.stamp;
+        // Find each key's column, and refuse a key named twice or a value
+        // that cannot be stored. Only a column new to this builder, or a
         // value its type does not take as is, needs the shared known types.
         let mut needs_known = false;
-        for (k, (name, cell)) in cells.iter().enumerate() {
-            let name = name.as_ref();
-            let slot = match self.hint.get(k) {
-                Some(&i) if self.columns[i].name == name => Some(i),
-                _ => self.index.get(name).copied(),
+        for (k, entry) in entries.iter().enumerate() {
+            let name = entry.key.of(src);
+            let predicted = match k {
+                0 => self.first_key,
+                _ => slots[k - 1].map_or(NO_COLUMN, |p: usize| self.columns[p].follower),
             };
-            match slot {
-                Some(i) => {
-                    let ours = self.columns[i].column_type;
-                    let found = cell.column_type();
-                    if ours != found && !(ours == ColumnType::Float64 && found == ColumnType::Int64)
-                    {
-                        needs_known = true;
+            let slot = match self.columns.get(predicted) {
+                Some(c) if same_key(&c.name, name) => Some(predicted),
+                _ => {
+                    let slot = self.index.get(name).copied();
+                    if let Some(i) = slot {
+                        match k {
+                            0 => self.first_key = i,
+                            _ => {
+                                if let Some(p) = slots[k - 1] {
+                                    self.columns[p].follower = i;
+                                }
+                            }
+                        }
                     }
+                    slot
                 }
-                None => needs_known = true,
+            };
+            let twice = match slot {
+                Some(i) => std::mem::replace(&mut self.columns[i].seen_in, stamp) == stamp,
+                // Not a column yet: only another new key can share its name.
+                None => entries[..k]
+                    .iter()
+                    .zip(slots.iter())
+                    .any(|(e, s)| s.is_none() && e.key.of(src) == name),
+            };
+            if twice {
+                return Err(reject(format!("column `{name}` appears twice")));
+            }
+            if let Raw::Bad(reason) = entry.value {
+                return Err(reject(format!("column `{name}`: {}", reason.of(src))));
+            }
+            if let Some(found) = entry.value.column_type() {
+                match slot {
+                    Some(i) => {
+                        let ours = self.columns[i].column_type;
+                        if ours != found
+                            && !(ours == ColumnType::Float64 && found == ColumnType::Int64)
+                        {
+                            needs_known = true;
+                        }
+                    }
+                    None => needs_known = true,
+                }
             }
             slots.push(slot);
         }
@@ -616,9 +932,11 @@ impl BatchBuilder {
             }
             let known = self.known.lock().expect("known types poisoned");
             let mut new_columns = 0;
-            for (name, cell) in &cells {
-                let name = name.as_ref();
-                let found = cell.column_type();
+            for entry in entries {
+                let Some(found) = entry.value.column_type() else {
+                    continue;
+                };
+                let name = entry.key.of(src);
                 match known.get(name) {
                     Some(&expected) => {
                         if expected.unify(found).is_none() {
@@ -653,9 +971,11 @@ impl BatchBuilder {
 
         let rows = self.rows();
         let mut has_time = false;
-        for (k, ((name, cell), &slot)) in cells.into_iter().zip(slots.iter()).enumerate() {
-            let name = name.as_ref();
-            let found = cell.column_type();
+        for (entry, &slot) in entries.iter().zip(slots.iter()) {
+            let Some(found) = entry.value.column_type() else {
+                continue; // null: the column pads it
+            };
+            let name = entry.key.of(src);
             let unified = known.as_mut().map(|known| match known.get_mut(name) {
                 Some(expected) => {
                     *expected = expected.unify(found).expect("checked above");
@@ -670,12 +990,7 @@ impl BatchBuilder {
                 Some(i) => i,
                 None => {
                     let column_type = unified.expect("a new column takes the known types");
-                    self.columns.push(Column {
-                        name: name.to_string(),
-                        column_type,
-                        values: Values::new(column_type),
-                        non_null: 0,
-                    });
+                    self.columns.push(Column::new(name, column_type, stamp));
                     self.index.insert(name.to_string(), self.columns.len() - 1);
                     self.columns.len() - 1
                 }
@@ -686,20 +1001,14 @@ impl BatchBuilder {
                 column.column_type = ColumnType::Float64;
             }
             column.pad_to(rows);
-            column.values.push(cell);
-            column.non_null += 1;
+            column.push(src, &read.tags, entry.value);
             has_time |= i == TIME_INDEX;
-            match self.hint.get_mut(k) {
-                Some(h) => *h = i,
-                None => self.hint.push(i),
-            }
         }
         drop(known);
         if !has_time {
             let column = &mut self.columns[TIME_INDEX];
             column.pad_to(rows);
-            column.values.push(Cell::Time(self.ingest_time_us));
-            column.non_null += 1;
+            column.push("", &[], Raw::Time(self.ingest_time_us));
         }
         self.lines.push(line);
         self.bytes += len_bytes;
@@ -718,7 +1027,7 @@ impl BatchBuilder {
         let mut arrays = Vec::with_capacity(self.columns.len());
         for column in &mut self.columns {
             if column.non_null == 0 {
-                column.values.finish();
+                column.finish();
                 continue;
             }
             column.pad_to(lines.len());
@@ -727,8 +1036,7 @@ impl BatchBuilder {
                 column.column_type.to_arrow(),
                 true,
             ));
-            arrays.push(column.values.finish());
-            column.non_null = 0;
+            arrays.push(column.finish());
         }
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
         Ok(Some(DecodedBatch { batch, lines }))
@@ -796,7 +1104,7 @@ mod json {
 
     use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-    use super::{seconds_to_us, time_from_text, Cell};
+    use super::{seconds_to_us, time_from_text, Cell, LineEntries, Raw};
 
     /// One value: a cell (none for null), or why it cannot be one.
     #[derive(Debug, PartialEq)]
@@ -812,34 +1120,42 @@ mod json {
     /// then goes to serde_json, the reference: for every line it reads, it
     /// reads what serde_json reads (tested against it).
     pub mod fast {
-        use std::borrow::Cow;
+        use super::super::{seconds_to_us, time_from_text, Cell, Entry, LineEntries, Raw, Span};
 
-        use super::super::{seconds_to_us, time_from_text, Cell};
-        use super::Parsed;
+        fn span(start: usize, end: usize) -> Span {
+            Span {
+                start: start as u32,
+                end: end as u32,
+            }
+        }
 
-        type Entries<'a> = Vec<(Cow<'a, str>, Parsed<'a>)>;
+        /// Reads the line's (key, value) pairs in order into `out` (spans
+        /// of `text`); false when it declines the line.
+        pub fn read_line(text: &str, time_column: &str, out: &mut LineEntries) -> bool {
+            out.clear();
+            read(text, time_column, out).is_some()
+        }
 
-        /// The line's (key, value) pairs in order, or `None`.
-        pub fn read_line<'a>(text: &'a str, time_column: &str) -> Option<Entries<'a>> {
+        fn read(text: &str, time_column: &str, out: &mut LineEntries) -> Option<()> {
             let b = text.as_bytes();
             let mut i = skip_ws(b, 0);
             if b.get(i) != Some(&b'{') {
                 return None;
             }
             i = skip_ws(b, i + 1);
-            let mut out = Vec::with_capacity(16);
             if b.get(i) == Some(&b'}') {
                 i += 1;
             } else {
                 loop {
-                    let (key, next) = string(text, i)?;
+                    let (key, next) = string(b, i)?;
                     i = skip_ws(b, next);
                     if b.get(i) != Some(&b':') {
                         return None;
                     }
                     i = skip_ws(b, i + 1);
-                    let (parsed, next) = value(text, i, key == time_column)?;
-                    out.push((Cow::Borrowed(key), parsed));
+                    let time = super::super::same_key(key.of(text), time_column);
+                    let (value, next) = value(text, i, time, out)?;
+                    out.entries.push(Entry { key, value });
                     i = skip_ws(b, next);
                     match b.get(i) {
                         Some(b',') => i = skip_ws(b, i + 1),
@@ -851,8 +1167,22 @@ mod json {
                     }
                 }
             }
-            (skip_ws(b, i) == b.len()).then_some(out)
+            (skip_ws(b, i) == b.len()).then_some(())
         }
+
+        /// Bytes that end the plain part of a JSON string: its closing
+        /// quote, an escape, or a control character (invalid in JSON).
+        const STOPS_STRING: [bool; 256] = {
+            let mut t = [false; 256];
+            let mut c = 0;
+            while c < 0x20 {
+                t[c] = true;
+                c += 1;
+            }
+            t[b'"' as usize] = true;
+            t[b'\\' as usize] = true;
+            t
+        };
 
         fn skip_ws(b: &[u8], mut i: usize) -> usize {
             while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
@@ -863,62 +1193,58 @@ mod json {
 
         /// The string opening at `i`, if it has no escape or control
         /// character, and the index after its closing quote.
-        fn string(text: &str, i: usize) -> Option<(&str, usize)> {
-            let b = text.as_bytes();
+        fn string(b: &[u8], i: usize) -> Option<(Span, usize)> {
             if b.get(i) != Some(&b'"') {
                 return None;
             }
             let start = i + 1;
-            let len = b[start..]
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+            let len = b[start..].iter().position(|&c| STOPS_STRING[c as usize])?;
             if b[start + len] != b'"' {
                 return None;
             }
-            Some((&text[start..start + len], start + len + 1))
+            Some((span(start, start + len), start + len + 1))
         }
 
-        fn value(text: &str, i: usize, time: bool) -> Option<(Parsed<'_>, usize)> {
+        #[inline(always)]
+        fn value(text: &str, i: usize, time: bool, out: &mut LineEntries) -> Option<(Raw, usize)> {
             let b = text.as_bytes();
-            let cell = |c: Cell<'static>| Parsed::Cell(Some(c));
             match *b.get(i)? {
                 b'"' => {
-                    let (s, next) = string(text, i)?;
-                    let parsed = if time {
-                        match time_from_text(s) {
-                            Ok(c) => cell(c),
-                            Err(e) => Parsed::Bad(e),
-                        }
-                    } else {
-                        Parsed::Cell(Some(Cell::Str(Cow::Borrowed(s))))
-                    };
-                    Some((parsed, next))
-                }
-                b'n' if b[i..].starts_with(b"null") => Some((Parsed::Cell(None), i + 4)),
-                b't' if !time && b[i..].starts_with(b"true") => {
-                    Some((cell(Cell::Bool(true)), i + 4))
-                }
-                b'f' if !time && b[i..].starts_with(b"false") => {
-                    Some((cell(Cell::Bool(false)), i + 5))
-                }
-                b'[' if !time => {
-                    let mut tags = Vec::new();
-                    let mut j = skip_ws(b, i + 1);
-                    if b.get(j) == Some(&b']') {
-                        return Some((Parsed::Cell(Some(Cell::Tags(tags))), j + 1));
-                    }
-                    loop {
-                        let (s, next) = string(text, j)?;
-                        tags.push(Cow::Borrowed(s));
-                        j = skip_ws(b, next);
-                        match b.get(j) {
-                            Some(b',') => j = skip_ws(b, j + 1),
-                            Some(b']') => {
-                                return Some((Parsed::Cell(Some(Cell::Tags(tags))), j + 1))
-                            }
+                    let (s, next) = string(b, i)?;
+                    let raw = if time {
+                        // A bad time goes to serde_json's path, which words it.
+                        match time_from_text(s.of(text)) {
+                            Ok(Cell::Time(us)) => Raw::Time(us),
                             _ => return None,
                         }
+                    } else {
+                        Raw::Str(s)
+                    };
+                    Some((raw, next))
+                }
+                b'n' if b[i..].starts_with(b"null") => Some((Raw::Null, i + 4)),
+                b't' if !time && b[i..].starts_with(b"true") => Some((Raw::Bool(true), i + 4)),
+                b'f' if !time && b[i..].starts_with(b"false") => Some((Raw::Bool(false), i + 5)),
+                b'[' if !time => {
+                    let first = out.tags.len();
+                    let mut j = skip_ws(b, i + 1);
+                    if b.get(j) != Some(&b']') {
+                        loop {
+                            let (s, next) = string(b, j)?;
+                            out.tags.push(s);
+                            j = skip_ws(b, next);
+                            match b.get(j) {
+                                Some(b',') => j = skip_ws(b, j + 1),
+                                Some(b']') => break,
+                                _ => return None,
+                            }
+                        }
                     }
+                    let tags = Raw::Tags {
+                        first: first as u32,
+                        count: (out.tags.len() - first) as u32,
+                    };
+                    Some((tags, j + 1))
                 }
                 b'-' | b'0'..=b'9' => number(text, i, time),
                 _ => None,
@@ -927,7 +1253,7 @@ mod json {
 
         /// A number in JSON's grammar: an int64 when it has no fraction or
         /// exponent and fits, else a finite float.
-        fn number(text: &str, i: usize, time: bool) -> Option<(Parsed<'_>, usize)> {
+        fn number(text: &str, i: usize, time: bool) -> Option<(Raw, usize)> {
             let b = text.as_bytes();
             let digits = |mut j: usize| {
                 while b.get(j).is_some_and(u8::is_ascii_digit) {
@@ -964,29 +1290,65 @@ mod json {
                 float = true;
             }
             let s = &text[i..j];
-            let parsed = if !float {
-                let v: i64 = s.parse().ok()?;
+            let raw = if !float {
+                // Up to 18 digits cannot overflow: sum them as they come.
+                let negative = b[i] == b'-';
+                let digits = &b[i + usize::from(negative)..j];
+                let v: i64 = if digits.len() <= 18 {
+                    let n = digits
+                        .iter()
+                        .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
+                    if negative {
+                        -n
+                    } else {
+                        n
+                    }
+                } else {
+                    s.parse().ok()?
+                };
                 if v == 0 && b[i] == b'-' {
                     return None; // serde_json reads -0 as a float
                 }
-                match (time, v.checked_mul(1_000_000)) {
-                    (false, _) => Parsed::Cell(Some(Cell::Int(v))),
-                    (true, Some(us)) => Parsed::Cell(Some(Cell::Time(us))),
-                    (true, None) => return None,
+                if time {
+                    Raw::Time(v.checked_mul(1_000_000)?)
+                } else {
+                    Raw::Int(v)
                 }
             } else {
                 let v: f64 = s.parse().ok()?;
                 if !v.is_finite() {
                     return None;
                 }
-                match (time, time.then(|| seconds_to_us(v))) {
-                    (false, _) => Parsed::Cell(Some(Cell::Float(v))),
-                    (true, Some(Ok(us))) => Parsed::Cell(Some(Cell::Time(us))),
-                    (true, _) => return None,
+                if time {
+                    Raw::Time(seconds_to_us(v).ok()?)
+                } else {
+                    Raw::Float(v)
                 }
             };
-            Some((parsed, j))
+            Some((raw, j))
         }
+    }
+
+    /// Reads a line with serde_json into `out` (spans of `out.scratch`);
+    /// the error is serde_json's.
+    pub fn read_line_serde(
+        text: &str,
+        time_column: &str,
+        out: &mut LineEntries,
+    ) -> Result<(), serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let entries = serde::Deserializer::deserialize_map(&mut de, LineVisitor { time_column })?;
+        de.end()?;
+        out.clear();
+        for (name, parsed) in entries {
+            let value = match parsed {
+                Parsed::Cell(None) => Raw::Null,
+                Parsed::Cell(Some(cell)) => out.raw_of(cell),
+                Parsed::Bad(reason) => Raw::Bad(out.push_text(&reason)),
+            };
+            out.push(&name, value);
+        }
+        Ok(())
     }
 
     /// A key, borrowed from the input when it has no escapes.
@@ -1344,6 +1706,19 @@ mod tests {
         assert!(err.reason.contains("appears twice"), "{err}");
         let err = b.push_json(1, r#"{"x": null, "x": 2}"#).unwrap_err();
         assert!(err.reason.contains("appears twice"), "{err}");
+        // The same once `x` is a column, including the time column; a key
+        // once per line stays fine after a refused line.
+        b.push_json(1, r#"{"x": 1}"#).unwrap();
+        for twice in [
+            r#"{"x": 1, "y": 2, "x": 3}"#,
+            r#"{"x": 1, "x": null}"#,
+            r#"{"time": 1, "time": 2}"#,
+        ] {
+            let err = b.push_json(1, twice).unwrap_err();
+            assert!(err.reason.contains("appears twice"), "{twice}: {err}");
+        }
+        b.push_json(1, r#"{"x": 2, "y": 3}"#).unwrap();
+        assert_eq!(b.rows(), 2);
         b.push_json(2, r#"{"caf\u00e9": "ok", "n": 18446744073709551615}"#)
             .unwrap();
         let batch = b.finish().unwrap().unwrap().batch;
@@ -1359,17 +1734,38 @@ mod tests {
             .contains("invalid JSON"));
     }
 
+    /// A line read into entries, as owned (key, value) pairs.
+    fn resolved(src: &str, read: &LineEntries) -> Vec<(String, json::Parsed<'static>)> {
+        let text = |s: Span| Cow::Owned(s.of(src).to_string());
+        read.entries
+            .iter()
+            .map(|e| {
+                let cell = |c| json::Parsed::Cell(Some(c));
+                let value = match e.value {
+                    Raw::Null => json::Parsed::Cell(None),
+                    Raw::Int(x) => cell(Cell::Int(x)),
+                    Raw::Float(x) => cell(Cell::Float(x)),
+                    Raw::Bool(x) => cell(Cell::Bool(x)),
+                    Raw::Time(x) => cell(Cell::Time(x)),
+                    Raw::Str(s) => cell(Cell::Str(text(s))),
+                    Raw::Tags { first, count } => cell(Cell::Tags(
+                        read.tags[first as usize..(first + count) as usize]
+                            .iter()
+                            .map(|&s| text(s))
+                            .collect(),
+                    )),
+                    Raw::Bad(s) => json::Parsed::Bad(s.of(src).to_string()),
+                };
+                (e.key.of(src).to_string(), value)
+            })
+            .collect()
+    }
+
     /// What serde_json (the reference) reads from a line.
-    fn serde_read(text: &str) -> Option<Vec<(Cow<'_, str>, json::Parsed<'_>)>> {
-        let mut de = serde_json::Deserializer::from_str(text);
-        serde::Deserializer::deserialize_map(
-            &mut de,
-            json::LineVisitor {
-                time_column: "time",
-            },
-        )
-        .and_then(|entries| de.end().map(|()| entries))
-        .ok()
+    fn serde_read(text: &str) -> Option<Vec<(String, json::Parsed<'static>)>> {
+        let mut read = LineEntries::default();
+        json::read_line_serde(text, "time", &mut read).ok()?;
+        Some(resolved(&read.scratch, &read))
     }
 
     /// Floats within one unit in the last place: serde_json's default
@@ -1388,17 +1784,17 @@ mod tests {
     }
 
     fn assert_fast_reads_as_serde(text: &str) -> bool {
-        match json::fast::read_line(text, "time") {
-            Some(fast) => {
-                let serde = serde_read(text).unwrap_or_else(|| panic!("serde refuses {text}"));
-                assert_eq!(fast.len(), serde.len(), "{text}");
-                for ((fk, fv), (sk, sv)) in fast.iter().zip(&serde) {
-                    assert!(fk == sk && same(fv, sv), "{text}: {fv:?} vs {sv:?}");
-                }
-                true
-            }
-            None => false,
+        let mut read = LineEntries::default();
+        if !json::fast::read_line(text, "time", &mut read) {
+            return false;
         }
+        let fast = resolved(text, &read);
+        let serde = serde_read(text).unwrap_or_else(|| panic!("serde refuses {text}"));
+        assert_eq!(fast.len(), serde.len(), "{text}");
+        for ((fk, fv), (sk, sv)) in fast.iter().zip(&serde) {
+            assert!(fk == sk && same(fv, sv), "{text}: {fv:?} vs {sv:?}");
+        }
+        true
     }
 
     #[test]
@@ -1572,6 +1968,74 @@ mod tests {
             &DataType::Float64
         );
         assert!(batch.column_by_name("latency_ms").unwrap().is_null(1));
+    }
+
+    /// Every line of `input` as [`LineReader`] reads it, as text.
+    fn lines_by_reader(input: &[u8]) -> Vec<String> {
+        let mut r = LineReader::new(input);
+        let mut out = Vec::new();
+        while let Some(line) = r.next_line().unwrap() {
+            out.push(format!("{line:?}"));
+        }
+        out
+    }
+
+    /// The same through [`read_chunks`], checking each chunk's bounds.
+    fn lines_by_chunks(input: &[u8], max_lines: usize, max_bytes: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        read_chunks(input, max_lines, max_bytes, |chunk| {
+            assert!(!chunk.is_empty() && chunk.len() <= max_lines);
+            assert_eq!(chunk.first_line, out.len() as u64 + 1);
+            for i in 0..chunk.len() {
+                out.push(format!("{:?}", chunk.line(i)));
+            }
+            true
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn chunked_reading_sees_the_lines_a_line_reader_sees() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let long = |n: usize| "y".repeat(n);
+        for round in 0..200 {
+            let mut input = Vec::new();
+            for _ in 0..rng.random_range(0..40) {
+                match rng.random_range(0..10) {
+                    0 => input.extend_from_slice(b"\r"),
+                    1 => input.extend_from_slice(&[0xff, 0xfe]),
+                    2 if round % 20 == 0 => {
+                        let n = LINE_BYTES_MAX + rng.random_range(0..3 * READ_BYTES) - READ_BYTES;
+                        input.extend_from_slice(long(n).as_bytes())
+                    }
+                    3 => input.extend_from_slice(long(rng.random_range(0..3000)).as_bytes()),
+                    _ => input.extend_from_slice(format!("{{\"a\": {round}}}").as_bytes()),
+                }
+                if rng.random_bool(0.7) {
+                    input.push(b'\n');
+                }
+            }
+            let (max_lines, max_bytes) = (rng.random_range(1..6), rng.random_range(1..5000));
+            assert_eq!(
+                lines_by_chunks(&input, max_lines, max_bytes),
+                lines_by_reader(&input),
+                "round {round}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunks_stop_when_their_taker_stops() {
+        let input = "a\nb\nc\nd\n";
+        let mut chunks = 0;
+        read_chunks(input.as_bytes(), 1, 100, |_| {
+            chunks += 1;
+            chunks < 2
+        })
+        .unwrap();
+        assert_eq!(chunks, 2);
     }
 
     #[test]

@@ -13,7 +13,10 @@ use crate::error::Result;
 
 /// Encodes a schema and batches as one self-contained IPC stream.
 pub fn batches_to_ipc(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
+    // Sized up front (the batches' buffers plus room for the messages'
+    // metadata and padding), so the stream is not copied as it grows.
+    let data: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    let mut out = Vec::with_capacity(data + 1024 * (1 + batches.len()));
     let mut writer = StreamWriter::try_new(&mut out, schema)?;
     for batch in batches {
         writer.write(batch)?;

@@ -14,7 +14,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::io::BufRead;
+use std::io::Read;
 use std::sync::Arc;
 
 use scuba::decode::InputFormat;
@@ -58,7 +58,7 @@ impl Database {
     }
 
     /// Ingests JSON lines into `table`, placing batches as the CLI does.
-    pub async fn ingest_jsonl<R: BufRead + Send + 'static>(
+    pub async fn ingest_jsonl<R: Read + Send + 'static>(
         &self,
         table: &str,
         input: R,
@@ -76,7 +76,7 @@ impl Database {
         .await
     }
 
-    pub async fn ingest<R: BufRead + Send + 'static>(
+    pub async fn ingest<R: Read + Send + 'static>(
         &self,
         input: R,
         options: IngestOptions,

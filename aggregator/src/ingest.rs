@@ -1,7 +1,7 @@
 //! The ingest client: lines in, batches placed on leaves, counts out.
 //!
 //! ```text
-//!  reader thread: LineReader -> chunks of lines (one batch's worth each)
+//!  reader thread: read_chunks -> chunks of lines (one batch's worth each; it only finds line ends)
 //!        │ chunk k -> decoder k mod n (one per core, JSON; one for CSV)
 //!  decoder threads: BatchBuilder (shared known types) -> IPC; bad line -> Rejection{line, reason}
 //!        │ taken back k mod n, so in input order
@@ -15,7 +15,7 @@
 //! does not apply it again. When every leaf refuses a batch the ingest stops
 //! and says how many rows landed.
 
-use std::io::BufRead;
+use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,9 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use scuba::decode::{BatchBuilder, ChunkOrder, InputFormat, Line, LineReader, Rejection};
+use scuba::decode::{
+    read_chunks, BatchBuilder, ChunkOrder, InputFormat, Line, Rejection, TextChunk,
+};
 use scuba::limits::{
     BATCH_BYTES_MAX, BATCH_ROWS_MAX, INGEST_ATTEMPTS_MAX, INGEST_DECODERS_MAX, INGEST_INFLIGHT_MAX,
     LINE_BYTES_MAX,
@@ -120,28 +122,10 @@ async fn survey(
 }
 
 /// Lines read but not decoded yet: one batch's worth, for one decoder.
-#[derive(Default)]
 struct Chunk {
     /// Its place in the input (0, 1, ...).
     seq: u64,
-    /// The lines' text, back to back.
-    text: String,
-    lines: Vec<ChunkLine>,
-}
-
-enum ChunkLine {
-    Text {
-        number: u64,
-        start: usize,
-        end: usize,
-    },
-    Rejected(Rejection),
-}
-
-impl Chunk {
-    fn is_full(&self) -> bool {
-        self.lines.len() >= BATCH_ROWS_MAX || self.text.len() >= BATCH_BYTES_MAX / 2
-    }
+    text: TextChunk,
 }
 
 /// A chunk's rows as Arrow IPC, and the input line of each.
@@ -185,16 +169,23 @@ fn decode_chunks(
     for chunk in chunks {
         builder.start_chunk(&order, chunk.seq);
         let mut rejections = Vec::new();
-        for line in chunk.lines {
-            let result = match line {
-                ChunkLine::Rejected(r) => Err(r),
-                ChunkLine::Text { number, start, end } => {
-                    let text = &chunk.text[start..end];
-                    match format {
-                        InputFormat::Jsonl => builder.push_json(number, text),
-                        InputFormat::Csv => builder.push_csv(number, text),
-                    }
-                }
+        for i in 0..chunk.text.len() {
+            let result = match chunk.text.line(i) {
+                Line::Text { text, .. } if text.trim().is_empty() => Ok(()),
+                Line::Text { number, text } => match format {
+                    InputFormat::Jsonl => builder.push_json(number, text),
+                    InputFormat::Csv => builder.push_csv(number, text),
+                },
+                Line::Oversized { number, len_bytes } => Err(Rejection {
+                    line: number,
+                    reason: format!(
+                        "line of {len_bytes} bytes exceeds the limit of {LINE_BYTES_MAX} bytes"
+                    ),
+                }),
+                Line::NotUtf8 { number } => Err(Rejection {
+                    line: number,
+                    reason: "not valid UTF-8".to_string(),
+                }),
             };
             if let Err(r) = result {
                 rejections.push(r);
@@ -228,7 +219,7 @@ fn decode_chunks(
 /// same way round. The decoders share the table's known types in input
 /// order ([`ChunkOrder`]), so a type conflict rejects exactly the lines a
 /// single reader would.
-fn read_input<R: BufRead>(
+fn read_input<R: Read>(
     input: R,
     options: &IngestOptions,
     known: Option<SchemaRef>,
@@ -294,59 +285,20 @@ fn read_input<R: BufRead>(
                 }
             }
         });
-        let mut reader = LineReader::new(input);
-        let mut chunk = Chunk::default();
         let mut k = 0usize;
-        loop {
-            let line = match reader.next_line() {
-                Ok(Some(l)) => l,
-                Ok(None) => break,
-                Err(e) => {
-                    failed = Some(format!("reading input: {e}"));
-                    break;
-                }
-            };
-            match line {
-                Line::Text { number, text } => {
-                    if text.trim().is_empty() {
-                        continue;
-                    }
-                    let start = chunk.text.len();
-                    chunk.text.push_str(text);
-                    chunk.lines.push(ChunkLine::Text {
-                        number,
-                        start,
-                        end: chunk.text.len(),
-                    });
-                }
-                Line::Oversized { number, len_bytes } => {
-                    chunk.lines.push(ChunkLine::Rejected(Rejection {
-                        line: number,
-                        reason: format!(
-                            "line of {len_bytes} bytes exceeds the limit of {LINE_BYTES_MAX} bytes"
-                        ),
-                    }))
-                }
-                Line::NotUtf8 { number } => chunk.lines.push(ChunkLine::Rejected(Rejection {
-                    line: number,
-                    reason: "not valid UTF-8".to_string(),
-                })),
-            }
-            if chunk.is_full() {
-                if to_decoders[k % decoders].send(chunk).is_err() {
-                    // The ingest stopped taking batches (or a decoder died).
-                    chunk = Chunk::default();
-                    break;
-                }
-                k += 1;
-                chunk = Chunk {
+        let read = read_chunks(input, BATCH_ROWS_MAX, BATCH_BYTES_MAX / 2, |text| {
+            let sent = to_decoders[k % decoders]
+                .send(Chunk {
                     seq: k as u64,
-                    ..Chunk::default()
-                };
-            }
-        }
-        if !chunk.lines.is_empty() {
-            let _ = to_decoders[k % decoders].send(chunk);
+                    text,
+                })
+                .is_ok();
+            k += 1;
+            // Not sent: the ingest stopped taking batches (or a decoder died).
+            sent
+        });
+        if let Err(e) = read {
+            failed = Some(format!("reading input: {e}"));
         }
         // Dropping the senders ends the decoders, then the collector.
         drop(to_decoders);
@@ -364,7 +316,7 @@ fn read_input<R: BufRead>(
 
 /// Ingests every line of `input` into `options.table`. `on_rejection` sees
 /// each rejected line as it happens; `on_progress` gets rows acknowledged.
-pub async fn ingest<R: BufRead + Send + 'static>(
+pub async fn ingest<R: Read + Send + 'static>(
     transport: Arc<dyn LeafTransport>,
     input: R,
     options: IngestOptions,

@@ -7,7 +7,7 @@ mod demo;
 mod gen;
 mod output;
 
-use std::io::{BufReader, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -781,7 +781,8 @@ async fn ingest_cmd(
         None
     };
     let started = std::time::Instant::now();
-    let stdin = BufReader::with_capacity(1 << 20, std::io::stdin());
+    // Unbuffered: the reader asks for large reads of its own.
+    let stdin = std::io::stdin();
     let bar = progress.clone();
     let report = ingest(
         transport,
