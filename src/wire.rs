@@ -79,10 +79,11 @@ pub struct BatchId {
     pub seq: u64,
 }
 
-/// [`Request::Ingest`] borrowing its fields: encodes to the same bytes
-/// (bincode writes a variant by its index, and `Ingest` is the first), so a
-/// client sends a batch without copying it into a `Request` first.
-#[derive(Debug, Serialize)]
+/// [`Request::Ingest`] borrowing its fields: the same bytes (bincode writes
+/// a variant by its index, and `Ingest` is the first). A leaf reads a batch
+/// from the frame it arrived in ([`decode_borrowed`]) instead of copying it
+/// out first.
+#[derive(Debug, Serialize, Deserialize)]
 pub enum IngestRef<'a> {
     Ingest {
         table: &'a str,
@@ -90,6 +91,41 @@ pub enum IngestRef<'a> {
         #[serde(with = "serde_bytes")]
         ipc: &'a [u8],
     },
+}
+
+/// The start of an ingest frame: its prefix and every field before the
+/// batch's bytes. `head + ipc` is the frame of [`IngestRef::Ingest`], so a
+/// client sends the batch as it is, without copying it into a frame.
+pub fn ingest_frame_head(table: &str, batch_id: BatchId, ipc_len: usize) -> Result<Vec<u8>> {
+    let failed = |e: bincode::error::EncodeError| Error::Internal(format!("encoding a frame: {e}"));
+    let mut out = vec![0u8; FRAME_PREFIX_BYTES];
+    // The variant's index, the fields, then the bytes' length: as serde
+    // writes `IngestRef::Ingest`, less the bytes themselves.
+    let head = (0u32, table, batch_id, ipc_len as u64);
+    bincode::serde::encode_into_std_write(head, &mut out, config()).map_err(failed)?;
+    let len = out.len() - FRAME_PREFIX_BYTES + ipc_len;
+    if len > FRAME_BYTES_MAX {
+        return Err(Error::FrameTooLarge {
+            len_bytes: len,
+            max_bytes: FRAME_BYTES_MAX,
+        });
+    }
+    out[..FRAME_PREFIX_BYTES].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(out)
+}
+
+/// Decodes a frame's payload (without the prefix) into a message that
+/// borrows from it.
+pub fn decode_borrowed<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T> {
+    let (message, used) = bincode::serde::borrow_decode_from_slice(payload, config())
+        .map_err(|e| Error::MalformedFrame(e.to_string()))?;
+    if used != payload.len() {
+        return Err(Error::MalformedFrame(format!(
+            "{} trailing bytes after the message",
+            payload.len() - used
+        )));
+    }
+    Ok(message)
 }
 
 /// What a client asks a leaf or the aggregator.
@@ -290,10 +326,22 @@ mod tests {
             batch_id,
             ipc: &[5; 300],
         };
-        assert_eq!(
-            encode_frame(&owned).unwrap(),
-            encode_frame(&borrowed).unwrap()
-        );
+        let frame = encode_frame(&owned).unwrap();
+        assert_eq!(frame, encode_frame(&borrowed).unwrap());
+        // Sent as a head and the bytes as they are, it is the same frame.
+        let mut split = ingest_frame_head("events", batch_id, 300).unwrap();
+        split.extend_from_slice(&[5; 300]);
+        assert_eq!(split, frame);
+        // And read back without copying the bytes out.
+        let IngestRef::Ingest {
+            table,
+            batch_id: id,
+            ipc,
+        } = decode_borrowed(&frame[FRAME_PREFIX_BYTES..]).unwrap();
+        assert_eq!((table, id, ipc), ("events", batch_id, &[5u8; 300][..]));
+        // Any other request is not an ingest.
+        let other = encode_frame(&Request::LeafStats).unwrap();
+        assert!(decode_borrowed::<IngestRef>(&other[FRAME_PREFIX_BYTES..]).is_err());
     }
 
     #[test]

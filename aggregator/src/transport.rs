@@ -326,17 +326,31 @@ impl QuicTransport {
         batch_id: BatchId,
         ipc: Arc<Vec<u8>>,
     ) -> Result<IngestAck, IngestFailure> {
-        // Borrowed: a batch retried on several leaves is not copied per try.
-        let req = scuba::wire::IngestRef::Ingest {
-            table,
-            batch_id,
-            ipc: ipc.as_slice(),
-        };
         let unreachable = |e: String| IngestFailure::Unreachable(e);
-        let mut recv = self
-            .call(leaf, &req)
+        let head = scuba::wire::ingest_frame_head(table, batch_id, ipc.len())
+            .map_err(|e| unreachable(e.to_string()))?;
+        let conn = self
+            .connection(leaf)
             .await
             .map_err(|r| unreachable(r.to_string()))?;
+        // The batch goes out as it is (shared, not copied per try): the
+        // frame's head, then the bytes.
+        let sent = async {
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            send.write_all(&head).await.map_err(|e| e.to_string())?;
+            send.write_chunk(bytes::Bytes::from_owner(SharedBytes(ipc)))
+                .await
+                .map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            Ok::<_, String>(recv)
+        };
+        let mut recv = match sent.await {
+            Ok(recv) => recv,
+            Err(e) => {
+                self.forget(leaf).await;
+                return Err(unreachable(format!("sending a batch: {e}")));
+            }
+        };
         match read_frame::<Response>(&mut recv).await {
             Ok(Some(Response::IngestAck {
                 rows,
@@ -351,6 +365,16 @@ impl QuicTransport {
             Ok(other) => Err(unreachable(format!("unexpected reply {other:?}"))),
             Err(e) => Err(unreachable(e.to_string())),
         }
+    }
+}
+
+/// A batch shared between tries, as bytes a QUIC stream sends without
+/// copying.
+struct SharedBytes(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
     }
 }
 

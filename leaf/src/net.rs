@@ -184,18 +184,33 @@ pub async fn write_frame<T: Serialize>(send: &mut SendStream, message: &T) -> Re
 
 /// Reads one frame; `None` when the peer finished its side cleanly first.
 pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<Option<T>> {
+    match read_payload(recv).await? {
+        Some(payload) => Ok(Some(decode_payload(&payload)?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads one frame's payload, undecoded; `None` when the peer finished its
+/// side cleanly first. The length is checked before anything is allocated.
+pub async fn read_payload(recv: &mut RecvStream) -> Result<Option<Vec<u8>>> {
+    let failed = |e: &dyn std::fmt::Display| LeafError::Net(format!("reading a frame: {e}"));
     let mut prefix = [0u8; FRAME_PREFIX_BYTES];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(LeafError::Net(format!("reading a frame: {e}"))),
+        Err(e) => return Err(failed(&e)),
     }
     let len = frame_len(prefix)?;
-    let mut payload = vec![0u8; len];
-    recv.read_exact(&mut payload)
-        .await
-        .map_err(|e| LeafError::Net(format!("reading a frame: {e}")))?;
-    Ok(Some(decode_payload(&payload)?))
+    // Appended chunk by chunk as they arrive: no zeroing first.
+    let mut payload = Vec::with_capacity(len);
+    while payload.len() < len {
+        match recv.read_chunk(len - payload.len(), true).await {
+            Ok(Some(chunk)) => payload.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(failed(&"the stream ended mid-frame")),
+            Err(e) => return Err(failed(&e)),
+        }
+    }
+    Ok(Some(payload))
 }
 
 /// Opens a stream, sends one request and finishes the sending side.

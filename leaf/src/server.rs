@@ -7,11 +7,14 @@ use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use quinn::{Endpoint, RecvStream, SendStream};
 use scuba::limits::REPLY_BYTES_MAX;
-use scuba::wire::{ErrorKind, Request, Response, WireError, PROTOCOL_VERSION};
+use scuba::wire::{
+    decode_borrowed, decode_payload, ErrorKind, IngestRef, Request, Response, WireError,
+    PROTOCOL_VERSION,
+};
 
 use crate::error::{LeafError, Result};
-use crate::leaf::Leaf;
-use crate::net::{read_frame, server_endpoint, write_frame, TlsFiles};
+use crate::leaf::{IngestOutcome, Leaf};
+use crate::net::{read_payload, server_endpoint, write_frame, TlsFiles};
 
 /// Bytes of result batches per `Batches` frame.
 const REPLY_CHUNK_BYTES: usize = 4 << 20;
@@ -45,31 +48,51 @@ pub async fn serve(leaf: Arc<Leaf>, endpoint: Endpoint) {
     }
 }
 
+/// Applies a batch on a blocking thread; the reply says how it went.
+async fn ingest(
+    leaf: Arc<Leaf>,
+    apply: impl FnOnce(&Leaf) -> Result<IngestOutcome> + Send + 'static,
+) -> Result<Response> {
+    let outcome = tokio::task::spawn_blocking(move || apply(&leaf))
+        .await
+        .map_err(|e| LeafError::Internal(format!("ingest task: {e}")))?;
+    Ok(match outcome {
+        Ok(o) => Response::IngestAck {
+            rows: o.rows,
+            duplicate: o.duplicate,
+            memory_free_bytes: o.memory_free_bytes,
+        },
+        Err(e) => Response::Error(e.to_wire()),
+    })
+}
+
 async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> Result<()> {
     // Counted until its reply is delivered, so a hand-off exit does not cut
     // an acknowledgement the client would otherwise retry elsewhere.
     let _in_flight = leaf.serving();
-    let Some(request) = read_frame::<Request>(&mut recv).await? else {
+    let Some(payload) = read_payload(&mut recv).await? else {
         return Ok(());
     };
-    match request {
+    // A batch is read where it arrived, not copied out of its frame.
+    if decode_borrowed::<IngestRef>(&payload).is_ok() {
+        let reply = ingest(leaf, move |leaf| {
+            let IngestRef::Ingest {
+                table,
+                batch_id,
+                ipc,
+            } = decode_borrowed(&payload)?;
+            leaf.ingest(table, batch_id, ipc)
+        })
+        .await?;
+        return write_frame(&mut send, &reply).await;
+    }
+    match decode_payload::<Request>(&payload)? {
         Request::Ingest {
             table,
             batch_id,
             ipc,
         } => {
-            let leaf2 = Arc::clone(&leaf);
-            let outcome = tokio::task::spawn_blocking(move || leaf2.ingest(&table, batch_id, &ipc))
-                .await
-                .map_err(|e| LeafError::Internal(format!("ingest task: {e}")))?;
-            let reply = match outcome {
-                Ok(o) => Response::IngestAck {
-                    rows: o.rows,
-                    duplicate: o.duplicate,
-                    memory_free_bytes: o.memory_free_bytes,
-                },
-                Err(e) => Response::Error(e.to_wire()),
-            };
+            let reply = ingest(leaf, move |leaf| leaf.ingest(&table, batch_id, &ipc)).await?;
             write_frame(&mut send, &reply).await?;
         }
         Request::Fragment {
