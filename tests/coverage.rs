@@ -68,6 +68,24 @@ fn bad_sql_exits_2_with_datafusion_error() {
 }
 
 #[test]
+fn statements_that_change_state_are_refused_and_change_nothing() {
+    let cluster = TestCluster::up(1);
+    assert!(cluster.ingest("t", b"{\"x\": 1}\n", &[]).status.success());
+    for sql in [
+        "CREATE VIEW v AS SELECT x FROM t",
+        "CREATE TABLE u AS SELECT 1 AS y",
+        "SET datafusion.execution.batch_size = 1",
+    ] {
+        let out = cluster.run(&["query", sql], None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{sql}: {stderr}");
+        assert!(stderr.contains("not supported"), "{sql}: {stderr}");
+    }
+    let out = cluster.run(&["query", "SELECT * FROM v"], None);
+    assert_eq!(out.status.code(), Some(2), "the view must not exist");
+}
+
+#[test]
 fn killed_leaf_is_named_unreachable_and_its_rows_are_not_covered() {
     let cluster = TestCluster::up(4);
     assert!(cluster
