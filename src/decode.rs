@@ -1,17 +1,21 @@
 //! Turning input lines (JSON objects or CSV records) into Arrow batches.
 //!
 //! ```text
-//!  stdin ──LineReader──> line (bounded) ──BatchBuilder::push_*──> Arrow builders, one per column
-//!                         │ oversized                │ bad line: Rejection{line, reason}
-//!                         v                          v
-//!                     Rejection               finish() ──> RecordBatch + line numbers
+//!  stdin ──read_chunks──> TextChunk: lines cut at line ends (bounded; one copy, the read)
+//!                            │ TextChunk::line: UTF-8 checked, oversized -> Rejection
+//!                            v
+//!          BatchBuilder::push_*: line -> LineEntries (spans, reused) -> Arrow builders
+//!                            │ bad line: Rejection{line, reason}
+//!                            v
+//!          finish() ──> RecordBatch + line numbers
 //! ```
 //!
 //! JSON lines of the common shapes are read by a small hand-written reader
-//! (`json::fast`) that borrows keys and text from the line; anything else
-//! (escapes, nesting, syntax errors) goes through serde_json, which also
-//! words the errors. Several builders (one per decoding thread) can share
-//! one [`KnownTypes`], kept in input order by a [`ChunkOrder`].
+//! (`json::fast`) into spans of the line, with no allocation per line;
+//! anything else (escapes, syntax errors, nesting) goes through serde_json,
+//! which also words the errors. Several builders (one per decoding thread)
+//! can share one [`KnownTypes`], kept in input order by a [`ChunkOrder`].
+//! [`LineReader`] reads lines one at a time, for callers that want them so.
 //!
 //! A line is checked whole before any of its values is kept, so a rejected
 //! line leaves no trace in the batch. Types come from the table's known
@@ -555,16 +559,23 @@ impl Column {
 /// No column (see `Column::follower`).
 const NO_COLUMN: usize = usize::MAX;
 
-/// Key equality for short keys without a call into `memcmp`.
+/// Key equality for short keys without a call into `memcmp`: two loads
+/// per side (overlapping) for keys of 4 to 16 bytes.
 #[inline]
 fn same_key(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len()
-        && if a.len() <= 16 {
-            a.iter().zip(b).all(|(x, y)| x == y)
-        } else {
-            a == b
-        }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let w4 = |s: &[u8], i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+    let w8 = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("eight bytes"));
+    match n {
+        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..=8 => w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4),
+        9..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
+        _ => a == b,
+    }
 }
 
 /// The column types of one table as an ingest knows them: seeded from the
@@ -1154,8 +1165,7 @@ mod json {
                     }
                     i = skip_ws(b, i + 1);
                     let time = super::super::same_key(key.of(text), time_column);
-                    let (value, next) = value(text, i, time, out)?;
-                    out.entries.push(Entry { key, value });
+                    let next = value(text, i, time, key, out)?;
                     i = skip_ws(b, next);
                     match b.get(i) {
                         Some(b',') => i = skip_ws(b, i + 1),
@@ -1206,7 +1216,20 @@ mod json {
         }
 
         #[inline(always)]
-        fn value(text: &str, i: usize, time: bool, out: &mut LineEntries) -> Option<(Raw, usize)> {
+        fn value(
+            text: &str,
+            i: usize,
+            time: bool,
+            key: Span,
+            out: &mut LineEntries,
+        ) -> Option<usize> {
+            // Each arm stores its entry where it is made: returned instead,
+            // the entry was written to the stack and read back wider, which
+            // stalled store forwarding on every key.
+            let mut emit = |value: Raw, next: usize| {
+                out.entries.push(Entry { key, value });
+                Some(next)
+            };
             let b = text.as_bytes();
             match *b.get(i)? {
                 b'"' => {
@@ -1220,11 +1243,11 @@ mod json {
                     } else {
                         Raw::Str(s)
                     };
-                    Some((raw, next))
+                    emit(raw, next)
                 }
-                b'n' if b[i..].starts_with(b"null") => Some((Raw::Null, i + 4)),
-                b't' if !time && b[i..].starts_with(b"true") => Some((Raw::Bool(true), i + 4)),
-                b'f' if !time && b[i..].starts_with(b"false") => Some((Raw::Bool(false), i + 5)),
+                b'n' if b[i..].starts_with(b"null") => emit(Raw::Null, i + 4),
+                b't' if !time && b[i..].starts_with(b"true") => emit(Raw::Bool(true), i + 4),
+                b'f' if !time && b[i..].starts_with(b"false") => emit(Raw::Bool(false), i + 5),
                 b'[' if !time => {
                     let first = out.tags.len();
                     let mut j = skip_ws(b, i + 1);
@@ -1244,9 +1267,12 @@ mod json {
                         first: first as u32,
                         count: (out.tags.len() - first) as u32,
                     };
-                    Some((tags, j + 1))
+                    emit(tags, j + 1)
                 }
-                b'-' | b'0'..=b'9' => number(text, i, time),
+                b'-' | b'0'..=b'9' => {
+                    let (raw, next) = number(text, i, time)?;
+                    emit(raw, next)
+                }
                 _ => None,
             }
         }
@@ -2023,6 +2049,37 @@ mod tests {
                 lines_by_reader(&input),
                 "round {round}"
             );
+        }
+    }
+
+    #[test]
+    fn keys_compare_equal_exactly_when_their_bytes_are_equal() {
+        let keys = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "time",
+            "tags",
+            "timf",
+            "status",
+            "bytes",
+            "region",
+            "user_id",
+            "endpoint",
+            "latency_ms",
+            "latency_mt",
+            "a_sixteen_byte_k",
+            "a_sixteen_byte_x",
+            "seventeen_bytes_k",
+            "seventeen_bytes_x",
+            "héllo",
+            "hello",
+        ];
+        for a in keys {
+            for b in keys {
+                assert_eq!(same_key(a, b), a == b, "{a:?} vs {b:?}");
+            }
         }
     }
 

@@ -6,10 +6,10 @@
 //! answer carries.
 //!
 //! ```text
-//!   stdin lines ──decode::LineReader──> decode::BatchBuilder ──> RecordBatch
+//!   stdin ──decode::read_chunks──> TextChunk (lines) ──decode::BatchBuilder──> RecordBatch
 //!                                                                  │ ipc::batches_to_ipc
 //!                                                                  v
-//!   scubactl ──wire::Request::Ingest──────────────────────────> leaf (scuba-leaf)
+//!   scubactl ──wire::ingest_frame_head + IPC bytes (IngestRef)──> leaf (scuba-leaf)
 //!   scubactl ──wire::Request::Query──> aggregator (scuba-aggregator)
 //!                                        │ wire::Request::Fragment (datafusion-proto plan)
 //!                                        v
