@@ -1,7 +1,7 @@
 //! # scuba-leaf: where the data lives and the query fragments run
 //!
 //! ```text
-//!  Ingest{table, batch_id, ipc} ──server──> Leaf::ingest
+//!  Ingest{table, batch_id, ipc} ──server (IngestRef, borrowed from the frame)──> Leaf::ingest
 //!        │ dedup by batch id, check types, make room (expire oldest blocks)
 //!        ├──> log::Log::append (segment files) ──(group fsync)──> acknowledged
 //!        └──> table::Table::append ──> open block ──seal──> shm::write_block
@@ -20,7 +20,8 @@
 //!              each block is checked (crc32c) before its first scan and by a
 //!              background pass; a failed check -> drop them, replay the log
 //!              otherwise -> replay the log; the last moments' batches are
-//!              held back until peers say which they took over (Leaf::settle)
+//!              held back until peers say which they took over (Leaf::settle);
+//!              a peer answers (Leaf::holds) only for batches whose rows it has
 //! ```
 //!
 //! Expiry (retention by age, the memory budget) drops whole blocks, oldest
