@@ -1164,11 +1164,15 @@ fn replay_record(
             limit_bytes: options.memory_limit_bytes,
         })
     };
-    if let Err(e) = applied {
-        tracing::warn!("skipping a log record that does not apply: {e}");
-        expired.segments.push((record.segment, 1));
+    match applied {
+        Ok(_) => state.remember(record.header.batch_id, Rows::Here),
+        // Not remembered: its rows are not here, so this leaf must not
+        // claim them when a peer asks after its own crash.
+        Err(e) => {
+            tracing::warn!("skipping a log record that does not apply: {e}");
+            expired.segments.push((record.segment, 1));
+        }
     }
-    state.remember(record.header.batch_id, Rows::Here);
     Ok(())
 }
 

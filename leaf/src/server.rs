@@ -87,6 +87,7 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
         return write_frame(&mut send, &reply).await;
     }
     match decode_payload::<Request>(&payload)? {
+        // Read borrowed above; the owned form is served the same way.
         Request::Ingest {
             table,
             batch_id,
