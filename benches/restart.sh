@@ -5,7 +5,10 @@
 # `scubactl leaf restart` to the new process answering (as the command
 # prints it); the first query right after it (which checks the blocks the
 # background pass has not reached yet); the background pass's time (leaf
-# log); and query time on adopted versus freshly recovered data. One leaf, wide rows (1 KiB strings) so the
+# log); the peak memory during one more hand-off against the memory before
+# it (shared memory plus every leaf process's own memory, sampled as fast as
+# the shell can: a copy of the data would show as 2x); and query time on
+# adopted versus freshly recovered data. One leaf, wide rows (1 KiB strings) so the
 # data reaches GiBs quickly. Needs free memory of about 2x the largest size
 # (shared memory + page cache) and the same on disk for the log.
 #
@@ -70,8 +73,34 @@ checked_s() {
 
 median() { sort -n | sed -n "$(( (HANDOFF_RUNS + 1) / 2 ))p"; }
 
-printf '| data | hand-off restart (ms) | first query after it (ms) | background check (s) | disk-log restart (ms) | ratio | query on adopted (ms) | query on recovered (ms) |\n'
-printf '|---|---|---|---|---|---|---|---|\n'
+# Bytes in use for the leaf: the machine's shared memory (the blocks live
+# there) plus the leaf processes' own anonymous memory (old and new one).
+leaf_memory() {
+    local total p
+    total=$(awk '/^Shmem:/ {printf "%d\n", $2 * 1024}' /proc/meminfo)
+    for p in $(pgrep -f "leaf serve --cluster $dir/" || true); do
+        total=$(( total + $(awk '/^RssAnon:/ {printf "%d\n", $2 * 1024}' "/proc/$p/status" 2>/dev/null || echo 0) ))
+    done
+    echo "$total"
+}
+
+# The peak of leaf_memory during one more hand-off (not timed: sampling
+# takes CPU) over its value before, e.g. 1.01.
+handoff_peak() {
+    local before samples pid
+    before=$(leaf_memory)
+    samples=$(mktemp)
+    ( while :; do leaf_memory >> "$samples"; done ) &
+    pid=$!
+    "$S" leaf restart leaf-0 --handoff --dir "$dir" >/dev/null
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    leaf_memory >> "$samples"
+    sort -n "$samples" | tail -1 | awk -v b="$before" '{printf "%.2f", $1 / b}'
+    rm -f "$samples"
+}
+
+printf '| data | hand-off restart (ms) | first query after it (ms) | background check (s) | peak memory during hand-off ÷ before | disk-log restart (ms) | ratio | query on adopted (ms) | query on recovered (ms) |\n'
+printf '|---|---|---|---|---|---|---|---|---|\n'
 rows_per_gib=$(( (1 << 30) / 1060 ))
 have=0
 checks=0
@@ -90,9 +119,12 @@ for gib in $SIZES_GIB; do
     h=$(printf '%s\n' "${handoff[@]}" | median)
     f=$(printf '%s\n' "${first[@]}" | median)
     c=$(printf '%s\n' "${check[@]}" | median)
+    p=$(handoff_peak)
+    checks=$((checks + 1))
+    checked_s "$checks" >/dev/null
     q_adopted=$(query_ms)
     d=$("$S" leaf restart leaf-0 --dir "$dir" | grep -o '[0-9]* ms' | grep -o '[0-9]*')
     q_recovered=$(query_ms)
-    printf '| %s GiB (%s rows, %.2f GiB in memory) | %s | %s | %s | %s | %sx | %s | %s |\n' \
-        "$gib" "$have" "$(echo "$used / 1073741824" | bc -l)" "$h" "$f" "$c" "$d" "$(( d / (h > 0 ? h : 1) ))" "$q_adopted" "$q_recovered"
+    printf '| %s GiB (%s rows, %.2f GiB in memory) | %s | %s | %s | %s | %s | %sx | %s | %s |\n' \
+        "$gib" "$have" "$(echo "$used / 1073741824" | bc -l)" "$h" "$f" "$c" "$p" "$d" "$(( d / (h > 0 ? h : 1) ))" "$q_adopted" "$q_recovered"
 done
