@@ -224,8 +224,11 @@ fn kill_9_during_ingest_loses_no_acknowledged_row_and_counts_none_twice() {
         let up = cluster.run(&["cluster", "up"], None);
         assert!(
             up.status.success(),
-            "{}",
-            String::from_utf8_lossy(&up.stderr)
+            "round {round} (killed {victim} after {delay_ms} ms): {}\n{}'s log:\n{}",
+            String::from_utf8_lossy(&up.stderr),
+            victim,
+            std::fs::read_to_string(cluster.path().join("logs").join(format!("{victim}.log")))
+                .unwrap_or_default()
         );
         let total = (round + 1) * ROWS;
         let answer = cluster.query_json("SELECT count(*), count(DISTINCT id), sum(id) FROM t", &[]);
@@ -236,4 +239,36 @@ fn kill_9_during_ingest_loses_no_acknowledged_row_and_counts_none_twice() {
             answer["coverage"]
         );
     }
+}
+
+#[test]
+fn cluster_up_starts_a_leaf_that_was_still_dying_when_it_looked() {
+    // After `kill -9`, a leaf may still be exiting (say, in an fsync) when
+    // `cluster up` looks for it. Here a stand-in process under the leaf's
+    // name holds its pid file and exits two seconds later.
+    let cluster = TestCluster::up(2);
+    let stop = cluster.run(&["leaf", "stop", "leaf-1"], None);
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    let mut dying = std::process::Command::new("bash")
+        .args(["-c", "exec -a 'scubactl leaf serve --id leaf-1' sleep 2"])
+        .spawn()
+        .unwrap();
+    std::fs::write(
+        cluster.path().join("run").join("leaf-1.pid"),
+        dying.id().to_string(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // let it exec
+    let started = Instant::now();
+    let up = cluster.run(&["cluster", "up"], None);
+    let stderr = String::from_utf8_lossy(&up.stderr);
+    assert!(up.status.success(), "{stderr}");
+    assert!(stderr.contains("started leaf-1"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    dying.wait().unwrap();
+    assert_eq!(leaf_stats(&cluster, "leaf-1")["state"], "up");
 }

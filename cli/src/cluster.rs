@@ -271,23 +271,26 @@ pub async fn up(
         create(dir, leaves.unwrap_or(4), new)?
     };
     let file_s = file.to_string_lossy().to_string();
+    let spawn_leaf = |id: &str| {
+        spawn(
+            dir,
+            id,
+            &[
+                "leaf",
+                "serve",
+                "--cluster",
+                &file_s,
+                "--id",
+                id,
+                "--fsync",
+                fsync,
+            ],
+        )
+    };
     let mut started = Vec::new();
     for leaf in &config.leaves {
         if running_pid(dir, &leaf.id).is_none() {
-            spawn(
-                dir,
-                &leaf.id,
-                &[
-                    "leaf",
-                    "serve",
-                    "--cluster",
-                    &file_s,
-                    "--id",
-                    &leaf.id,
-                    "--fsync",
-                    fsync,
-                ],
-            )?;
+            spawn_leaf(&leaf.id)?;
             started.push(leaf.id.clone());
         }
     }
@@ -299,7 +302,7 @@ pub async fn up(
         )?;
         started.push("aggregator".into());
     }
-    wait_ready(&config).await?;
+    wait_ready(&config, &mut started, &spawn_leaf).await?;
     if !started.is_empty() {
         eprintln!("started {}", started.join(", "));
     }
@@ -319,8 +322,14 @@ fn all_up(dir: &Path, status: &[scuba::wire::LeafStatus]) -> bool {
     })
 }
 
-/// Waits until every leaf answers and the aggregator sees them all.
-async fn wait_ready(config: &ClusterConfig) -> Result<()> {
+/// Waits until every leaf answers and the aggregator sees them all. A leaf
+/// that was still running when `up` looked but is gone now (killed, and
+/// still dying then) is started once (`spawn_leaf`) and added to `started`.
+async fn wait_ready(
+    config: &ClusterConfig,
+    started: &mut Vec<String>,
+    spawn_leaf: &dyn Fn(&str) -> Result<()>,
+) -> Result<()> {
     let tls = TlsFiles::in_dir(&config.tls_dir(), "client");
     let endpoint = client_endpoint(&tls)?;
     let leaves: Vec<(String, SocketAddr)> = config
@@ -334,6 +343,10 @@ async fn wait_ready(config: &ClusterConfig) -> Result<()> {
         loop {
             if transport.stats(i).await.is_ok() {
                 break;
+            }
+            if !started.contains(&leaf.id) && running_pid(&config.base_dir, &leaf.id).is_none() {
+                spawn_leaf(&leaf.id)?;
+                started.push(leaf.id.clone());
             }
             if Instant::now() > deadline {
                 bail!("leaf {} did not start; see its log under logs/", leaf.id);
