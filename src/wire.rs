@@ -36,14 +36,21 @@ pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>> {
     out.extend_from_slice(&[0u8; FRAME_PREFIX_BYTES]);
     bincode::serde::encode_into_std_write(message, &mut out, config()).map_err(failed)?;
     let len = out.len() - FRAME_PREFIX_BYTES;
+    write_prefix(&mut out, len)?;
+    Ok(out)
+}
+
+/// Writes a frame's length into its prefix, refusing a frame over
+/// [`FRAME_BYTES_MAX`].
+fn write_prefix(frame: &mut [u8], len: usize) -> Result<()> {
     if len > FRAME_BYTES_MAX {
         return Err(Error::FrameTooLarge {
             len_bytes: len,
             max_bytes: FRAME_BYTES_MAX,
         });
     }
-    out[..FRAME_PREFIX_BYTES].copy_from_slice(&(len as u32).to_le_bytes());
-    Ok(out)
+    frame[..FRAME_PREFIX_BYTES].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
 }
 
 /// The payload length a prefix announces, refused past [`FRAME_BYTES_MAX`].
@@ -60,15 +67,7 @@ pub fn frame_len(prefix: [u8; FRAME_PREFIX_BYTES]) -> Result<usize> {
 
 /// Decodes a frame's payload (without the prefix).
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
-    let (message, used) = bincode::serde::decode_from_slice(payload, config())
-        .map_err(|e| Error::MalformedFrame(e.to_string()))?;
-    if used != payload.len() {
-        return Err(Error::MalformedFrame(format!(
-            "{} trailing bytes after the message",
-            payload.len() - used
-        )));
-    }
-    Ok(message)
+    decode_borrowed(payload)
 }
 
 /// Identifies one ingest batch across retries: the ingest session (random)
@@ -104,13 +103,7 @@ pub fn ingest_frame_head(table: &str, batch_id: BatchId, ipc_len: usize) -> Resu
     let head = (0u32, table, batch_id, ipc_len as u64);
     bincode::serde::encode_into_std_write(head, &mut out, config()).map_err(failed)?;
     let len = out.len() - FRAME_PREFIX_BYTES + ipc_len;
-    if len > FRAME_BYTES_MAX {
-        return Err(Error::FrameTooLarge {
-            len_bytes: len,
-            max_bytes: FRAME_BYTES_MAX,
-        });
-    }
-    out[..FRAME_PREFIX_BYTES].copy_from_slice(&(len as u32).to_le_bytes());
+    write_prefix(&mut out, len)?;
     Ok(out)
 }
 

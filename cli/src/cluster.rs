@@ -176,16 +176,7 @@ pub async fn restart_leaf(dir: &Path, id: &str, handoff: bool, fsync: &str) -> R
     let file_s = file.to_string_lossy().to_string();
     let started = Instant::now();
     let old_pid = running_pid(dir, id);
-    let mut args = vec![
-        "leaf",
-        "serve",
-        "--cluster",
-        &file_s,
-        "--id",
-        id,
-        "--fsync",
-        fsync,
-    ];
+    let mut args = leaf_serve_args(&file_s, id, fsync);
     if handoff {
         // The new process asks the running one to hand off, then adopts.
         args.push("--handoff");
@@ -226,6 +217,20 @@ pub async fn restart_leaf(dir: &Path, id: &str, handoff: bool, fsync: &str) -> R
         tokio::time::sleep(Duration::from_millis(2)).await;
         transport.reset(index).await;
     }
+}
+
+/// The arguments that start leaf `id` of the cluster in `file`.
+fn leaf_serve_args<'a>(file: &'a str, id: &'a str, fsync: &'a str) -> Vec<&'a str> {
+    vec![
+        "leaf",
+        "serve",
+        "--cluster",
+        file,
+        "--id",
+        id,
+        "--fsync",
+        fsync,
+    ]
 }
 
 fn spawn(dir: &Path, name: &str, args: &[&str]) -> Result<()> {
@@ -271,22 +276,7 @@ pub async fn up(
         create(dir, leaves.unwrap_or(4), new)?
     };
     let file_s = file.to_string_lossy().to_string();
-    let spawn_leaf = |id: &str| {
-        spawn(
-            dir,
-            id,
-            &[
-                "leaf",
-                "serve",
-                "--cluster",
-                &file_s,
-                "--id",
-                id,
-                "--fsync",
-                fsync,
-            ],
-        )
-    };
+    let spawn_leaf = |id: &str| spawn(dir, id, &leaf_serve_args(&file_s, id, fsync));
     let mut started = Vec::new();
     for leaf in &config.leaves {
         if running_pid(dir, &leaf.id).is_none() {
