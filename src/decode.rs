@@ -1929,13 +1929,16 @@ mod tests {
         assert!(read > 5_000, "the fast reader took only {read} lines");
     }
 
+    /// A thread waiting for every chunk before chunk `k` of `order`.
+    fn waiter(order: &Arc<ChunkOrder>, k: u64) -> std::thread::JoinHandle<()> {
+        let order = Arc::clone(order);
+        std::thread::spawn(move || order.wait_before(k))
+    }
+
     #[test]
     fn chunk_order_waits_for_every_earlier_chunk_in_any_finishing_order() {
         let order = Arc::new(ChunkOrder::default());
-        let waiter = {
-            let order = Arc::clone(&order);
-            std::thread::spawn(move || order.wait_before(3))
-        };
+        let waiter = waiter(&order, 3);
         order.finished(2);
         order.finished(0);
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -1947,10 +1950,7 @@ mod tests {
     #[test]
     fn an_abandoned_chunk_order_releases_its_waiters() {
         let order = Arc::new(ChunkOrder::default());
-        let waiter = {
-            let order = Arc::clone(&order);
-            std::thread::spawn(move || order.wait_before(7))
-        };
+        let waiter = waiter(&order, 7);
         order.abandon();
         waiter.join().unwrap();
     }

@@ -647,12 +647,18 @@ mod tests {
         assert!(rec.dropped_tail.unwrap().contains("checksum"));
     }
 
+    /// A log of 100-byte segments holding two records, one per segment.
+    fn two_segments(dir: &Path) -> (Log, Appended, Appended) {
+        let (log, _) = empty_log(dir, FsyncPolicy::Group, 100);
+        let first = log.append("a", id(1), &[7u8; 80]).unwrap();
+        let second = log.append("a", id(2), &[7u8; 80]).unwrap();
+        (log, first, second)
+    }
+
     #[test]
     fn segments_rotate_and_a_segment_with_no_live_records_is_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = empty_log(dir.path(), FsyncPolicy::Group, 100);
-        let first = log.append("a", id(1), &[7u8; 80]).unwrap();
-        let second = log.append("a", id(2), &[7u8; 80]).unwrap();
+        let (log, first, second) = two_segments(dir.path());
         assert_ne!(first.segment, second.segment);
         assert_eq!(list_segments(dir.path()).unwrap().len(), 2);
         log.release(first.segment, 1);
@@ -665,9 +671,7 @@ mod tests {
     #[test]
     fn a_retired_log_deletes_no_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = empty_log(dir.path(), FsyncPolicy::Group, 100);
-        let first = log.append("a", id(1), &[7u8; 80]).unwrap();
-        let second = log.append("a", id(2), &[7u8; 80]).unwrap();
+        let (log, first, second) = two_segments(dir.path());
         log.retire();
         log.release(first.segment, 1);
         assert_eq!(
