@@ -156,14 +156,16 @@ pub fn read_chunks<R: std::io::Read>(
     // Bytes of an oversized line skipped so far.
     let mut skipping: Option<usize> = None;
     loop {
-        let read = match input
+        let (read, failed) = match input
             .by_ref()
             .take(READ_BYTES as u64)
             .read_to_end(&mut chunk.text)
         {
-            Ok(n) => n,
+            Ok(n) => (n, None),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            // Bytes read before the error are in the chunk: their whole
+            // lines still go on below.
+            Err(e) => (0, Some(e)),
         };
         let at_end = read == 0;
         loop {
@@ -215,6 +217,14 @@ pub fn read_chunks<R: std::io::Read>(
             *skipping.get_or_insert(0) += partial;
             chunk.text.truncate(line_start);
             scanned = line_start;
+        }
+        if let Some(e) = failed {
+            // The line the error cut short is not a line.
+            if !chunk.lines.is_empty() {
+                chunk.text.truncate(line_start);
+                send(chunk);
+            }
+            return Err(e);
         }
         if at_end {
             match skipping {
@@ -2081,6 +2091,32 @@ mod tests {
                 assert_eq!(same_key(a, b), a == b, "{a:?} vs {b:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_read_error_hands_on_the_whole_lines_read_before_it() {
+        /// Yields its bytes, then fails.
+        struct Failing(&'static [u8]);
+        impl std::io::Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(std::io::Error::other("disk on fire"));
+                }
+                let n = buf.len().min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut lines = Vec::new();
+        let err = read_chunks(Failing(b"a\nb\npart"), 10, 1000, |chunk| {
+            lines.extend((0..chunk.len()).map(|i| format!("{:?}", chunk.line(i))));
+            true
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("disk on fire"));
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[1].contains("\"b\""), "{lines:?}");
     }
 
     #[test]
