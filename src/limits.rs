@@ -53,6 +53,10 @@ pub const SQL_BYTES_MAX: usize = 1024 * 1024;
 /// Length of a table or column name.
 pub const NAME_BYTES_MAX: usize = 256;
 
+/// Planned queries the aggregator keeps, by SQL text, while the tables'
+/// schemas stay as they were (least recently used ones go first).
+pub const PLAN_CACHE_ENTRIES_MAX: usize = 256;
+
 /// Default query deadline.
 pub const QUERY_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 
