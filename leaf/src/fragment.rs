@@ -18,13 +18,21 @@
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{ArrayRef, Int64Array};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::stats::Precision;
+use datafusion::common::tree_node::{
+    Transformed, TransformedResult, TreeNode, TreeNodeRecursion,
+};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
@@ -238,6 +246,7 @@ pub fn decode_fragment(
     let codec = ScubaCodec::for_leaf(source);
     let plan =
         datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(bytes, ctx, &codec)?;
+    let plan = count_from_row_counts(plan)?;
     if plan.output_partitioning().partition_count() <= 1 {
         return Ok(plan);
     }
@@ -248,4 +257,152 @@ pub fn decode_fragment(
         }
         None => Arc::new(CoalescePartitionsExec::new(plan)),
     })
+}
+
+/// Answers a partial `count(*)` over a whole table (no GROUP BY, no WHERE)
+/// from the row count its scan knows exactly, instead of counting rows:
+/// DataFusion counts `*` as `count(1)`, which builds a column of ones (8
+/// bytes a row) for every batch scanned.
+fn count_from_row_counts(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node: Arc<dyn ExecutionPlan>| {
+        let Some(agg) = node.downcast_ref::<AggregateExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        if *agg.mode() != AggregateMode::Partial
+            || !agg.group_expr().is_empty()
+            || agg.filter_expr().iter().any(Option::is_some)
+            || !agg.aggr_expr().iter().all(|e| counts_rows(e))
+        {
+            return Ok(Transformed::no(node));
+        }
+        let stats = StatisticsContext::new().compute(agg.input().as_ref(), &StatisticsArgs::new())?;
+        let Precision::Exact(rows) = stats.num_rows else {
+            return Ok(Transformed::no(node));
+        };
+        // One row of partial counts, in the partial aggregate's own schema.
+        let schema = agg.schema();
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|_| Arc::new(Int64Array::from(vec![rows as i64])) as ArrayRef)
+            .collect();
+        let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+        let exec: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?;
+        Ok(Transformed::yes(exec))
+    })
+    .data()
+}
+
+/// Whether `e` counts every row: `count` of a constant that is not NULL,
+/// not DISTINCT, with one Int64 state (the count so far).
+fn counts_rows(e: &AggregateFunctionExpr) -> bool {
+    e.fun().name() == "count"
+        && !e.is_distinct()
+        && e.expressions().iter().all(|x| {
+            x.downcast_ref::<Literal>()
+                .is_some_and(|l| !l.value().is_null())
+        })
+        && e.state_fields()
+            .is_ok_and(|f| f.len() == 1 && f[0].data_type() == &DataType::Int64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::functions_aggregate::count::count_udaf;
+    use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+    use datafusion::physical_expr::expressions::{col, lit};
+    use datafusion::physical_plan::aggregates::PhysicalGroupBy;
+    use datafusion::physical_plan::filter::FilterExec;
+    use datafusion::prelude::SessionContext;
+
+    /// A partial `count(...)` over two partitions of 3 and 2 rows, one NULL.
+    fn partial_count(distinct: bool, filtered: bool) -> Arc<dyn ExecutionPlan> {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        let batch = |v: Vec<Option<i64>>| {
+            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(v))])
+                .expect("batch")
+        };
+        let mut input: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(
+            &[
+                vec![batch(vec![Some(1), None, Some(3)])],
+                vec![batch(vec![Some(4), Some(5)])],
+            ],
+            Arc::clone(&schema),
+            None,
+        )
+        .expect("source");
+        if filtered {
+            let predicate = datafusion::physical_expr::expressions::binary(
+                col("x", &schema).expect("x"),
+                datafusion::logical_expr::Operator::Gt,
+                lit(1i64),
+                &schema,
+            )
+            .expect("predicate");
+            input = Arc::new(FilterExec::try_new(predicate, input).expect("filter"));
+        }
+        let count = AggregateExprBuilder::new(count_udaf(), vec![lit(1i64)])
+            .schema(Arc::clone(&schema))
+            .alias("count(*)")
+            .with_distinct(distinct)
+            .build()
+            .expect("count");
+        Arc::new(
+            AggregateExec::try_new(
+                AggregateMode::Partial,
+                PhysicalGroupBy::default(),
+                vec![Arc::new(count)],
+                vec![None],
+                input,
+                schema,
+            )
+            .expect("aggregate"),
+        )
+    }
+
+    async fn total(plan: Arc<dyn ExecutionPlan>) -> i64 {
+        let plan: Arc<dyn ExecutionPlan> = Arc::new(CoalescePartitionsExec::new(plan));
+        let batches = datafusion::physical_plan::collect(plan, SessionContext::new().task_ctx())
+            .await
+            .expect("runs");
+        batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("counts")
+                    .values()
+                    .to_vec()
+            })
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn count_star_over_a_whole_table_is_read_from_its_row_count() {
+        let plan = count_from_row_counts(partial_count(false, false)).expect("rewrite");
+        assert!(
+            !format!("{}", datafusion::physical_plan::displayable(plan.as_ref()).indent(true))
+                .contains("AggregateExec"),
+            "nothing left to count"
+        );
+        assert_eq!(plan.schema(), partial_count(false, false).schema());
+        assert_eq!(total(plan).await, 5);
+    }
+
+    #[tokio::test]
+    async fn a_count_under_a_filter_is_still_counted() {
+        let plan = count_from_row_counts(partial_count(false, true)).expect("rewrite");
+        assert!(plan.is::<AggregateExec>());
+        assert_eq!(total(plan).await, 3);
+    }
+
+    #[test]
+    fn a_distinct_count_is_left_to_run() {
+        let plan = count_from_row_counts(partial_count(true, false)).expect("rewrite");
+        assert!(plan.is::<AggregateExec>());
+    }
 }
