@@ -28,7 +28,7 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::TableType;
 use datafusion::error::Result as DfResult;
-use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::{SessionStateBuilder, TaskContext};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
@@ -165,8 +165,9 @@ pub struct Aggregator {
     /// The planning session for the tables and schemas it was built with,
     /// and the queries planned in it.
     planning: std::sync::Mutex<Option<Planning>>,
-    /// Runs the final merge of every query (no tables, no state).
-    merger: SessionContext,
+    /// Runs the final merge of every query (no tables, no state); made
+    /// once, as making one copies a whole session.
+    merger: Arc<TaskContext>,
 }
 
 impl fmt::Debug for Aggregator {
@@ -201,7 +202,7 @@ impl Aggregator {
             cache: RwLock::new(cache),
             defaults,
             planning: std::sync::Mutex::new(None),
-            merger: SessionContext::new(),
+            merger: SessionContext::new().task_ctx(),
         }
     }
 
@@ -641,7 +642,7 @@ impl Aggregator {
             Arc::clone(&prepared.merge),
             &sources(fragments, &per_leaf, None)?,
         )?;
-        let batches = datafusion::physical_plan::collect(merge, self.merger.task_ctx()).await?;
+        let batches = datafusion::physical_plan::collect(merge, Arc::clone(&self.merger)).await?;
         let rows_from_leaves = per_leaf
             .iter()
             .flatten()

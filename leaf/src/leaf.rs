@@ -255,7 +255,10 @@ pub struct Leaf {
     accepting_writes: AtomicBool,
     handed_off: AtomicBool,
     exit: tokio::sync::Notify,
-    session: SessionContext,
+    /// Every fragment runs in this context: made once, since making one
+    /// copies the whole session (every function registry), which took a
+    /// tenth of a `count(*)`'s time at the leaf.
+    task: Arc<TaskContext>,
     /// Records from the last moments before a crash, held back until peers
     /// say which of them a client already placed elsewhere (see
     /// [`Leaf::settle`]).
@@ -401,7 +404,7 @@ impl Leaf {
             exit: tokio::sync::Notify::new(),
             pending: std::sync::Mutex::new(pending),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
-            session: SessionContext::new_with_config(config),
+            task: SessionContext::new_with_config(config).task_ctx(),
         });
         if adopted {
             let checking = Arc::clone(&leaf);
@@ -902,7 +905,7 @@ impl Leaf {
         plan: &[u8],
     ) -> Result<(u64, SendableRecordBatchStream)> {
         self.check_serving()?;
-        let task: Arc<TaskContext> = self.session.task_ctx();
+        let task = Arc::clone(&self.task);
         let source = Arc::new(LeafScan {
             leaf: Arc::clone(self),
             rows_seen: std::sync::Mutex::new(None),
