@@ -1075,6 +1075,9 @@ fn seconds_to_us(seconds: f64) -> Result<i64, String> {
 }
 
 fn time_from_text(text: &str) -> Result<Cell<'static>, String> {
+    if let Some(us) = plain_utc_time_us(text.as_bytes()) {
+        return Ok(Cell::Time(us));
+    }
     if let Ok(i) = text.parse::<i64>() {
         return i
             .checked_mul(1_000_000)
@@ -1092,6 +1095,67 @@ fn time_from_text(text: &str) -> Result<Cell<'static>, String> {
                 text.chars().take(64).collect::<String>()
             )
         })
+}
+
+/// Microseconds since the epoch of the commonest RFC 3339 shape,
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, read as chrono reads it (the fraction
+/// cut to microseconds); `None` for anything else, which chrono then reads
+/// (offsets, leap seconds, lower case) or refuses.
+fn plain_utc_time_us(t: &[u8]) -> Option<i64> {
+    if t.len() < 20 || t[t.len() - 1] != b'Z' {
+        return None;
+    }
+    let num = |from: usize, len: usize| -> Option<i64> {
+        t[from..from + len].iter().try_fold(0i64, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0'))
+        })
+    };
+    if t[4] != b'-' || t[7] != b'-' || t[10] != b'T' || t[13] != b':' || t[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if day < 1 || day > month_days || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let fraction = &t[19..t.len() - 1];
+    let micros = match fraction {
+        [] => 0,
+        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+            let mut us = 0;
+            for k in 0..6 {
+                let d = match digits.get(k) {
+                    Some(d) if d.is_ascii_digit() => i64::from(d - b'0'),
+                    Some(_) => return None,
+                    None => 0,
+                };
+                us = us * 10 + d;
+            }
+            if !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            us
+        }
+        _ => return None,
+    };
+    // Days from 1970-01-01 to the date (proleptic Gregorian, as chrono).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
+    Some(seconds * 1_000_000 + micros)
 }
 
 /// A CSV header's column names: valid, and each once.
@@ -1204,6 +1268,33 @@ mod json {
             t
         };
 
+        /// Length of the plain run at the start of `b`: up to the first byte
+        /// in [`STOPS_STRING`] (none: `None`). Eight bytes at a time.
+        #[inline]
+        fn plain_len(b: &[u8]) -> Option<usize> {
+            const ONES: u64 = 0x0101_0101_0101_0101;
+            const HIGHS: u64 = 0x8080_8080_8080_8080;
+            // High bit set in each byte that is zero (exact up to the first
+            // one, which is all that is read).
+            let zeros = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS;
+            let mut j = 0;
+            while let Some(chunk) = b.get(j..j + 8) {
+                let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+                let stops = zeros(w ^ (ONES * u64::from(b'"')))
+                    | zeros(w ^ (ONES * u64::from(b'\\')))
+                    // Below 0x20: control characters.
+                    | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS);
+                if stops != 0 {
+                    return Some(j + (stops.trailing_zeros() / 8) as usize);
+                }
+                j += 8;
+            }
+            b[j..]
+                .iter()
+                .position(|&c| STOPS_STRING[c as usize])
+                .map(|k| j + k)
+        }
+
         fn skip_ws(b: &[u8], mut i: usize) -> usize {
             while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
                 i += 1;
@@ -1218,7 +1309,7 @@ mod json {
                 return None;
             }
             let start = i + 1;
-            let len = b[start..].iter().position(|&c| STOPS_STRING[c as usize])?;
+            let len = plain_len(&b[start..])?;
             if b[start + len] != b'"' {
                 return None;
             }
@@ -1287,6 +1378,54 @@ mod json {
             }
         }
 
+        /// The float written in `b[i..j]` (JSON's grammar, already checked)
+        /// when it is at most 15 digits and a power of ten up to 22 away from
+        /// an integer: both are exact as f64, so one multiply or divide
+        /// rounds correctly, to what `str::parse` gives. `None` otherwise.
+        pub(crate) fn exact_decimal(b: &[u8], i: usize, j: usize) -> Option<f64> {
+            const POW10: [f64; 23] = [
+                1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
+                1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+            ];
+            let negative = b[i] == b'-';
+            let mut k = i + usize::from(negative);
+            let (mut mantissa, mut digits, mut scale) = (0u64, 0u32, 0i32);
+            let mut fraction = false;
+            while k < j {
+                match b[k] {
+                    d @ b'0'..=b'9' => {
+                        mantissa = mantissa * 10 + u64::from(d - b'0');
+                        digits += 1;
+                        if digits > 15 {
+                            return None;
+                        }
+                        scale -= i32::from(fraction);
+                    }
+                    b'.' => fraction = true,
+                    _ => break, // an exponent
+                }
+                k += 1;
+            }
+            if k < j {
+                // [eE][+-]?digits
+                k += 1;
+                let minus = b[k] == b'-';
+                k += usize::from(matches!(b[k], b'+' | b'-'));
+                let mut exp = 0i32;
+                for &d in &b[k..j] {
+                    exp = exp.checked_mul(10)?.checked_add(i32::from(d - b'0'))?;
+                }
+                scale = scale.checked_add(if minus { -exp } else { exp })?;
+            }
+            let m = mantissa as f64;
+            let v = match scale {
+                0..=22 => m * POW10[scale as usize],
+                -22..=-1 => m / POW10[(-scale) as usize],
+                _ => return None,
+            };
+            Some(if negative { -v } else { v })
+        }
+
         /// A number in JSON's grammar: an int64 when it has no fraction or
         /// exponent and fits, else a finite float.
         fn number(text: &str, i: usize, time: bool) -> Option<(Raw, usize)> {
@@ -1351,7 +1490,7 @@ mod json {
                     Raw::Int(v)
                 }
             } else {
-                let v: f64 = s.parse().ok()?;
+                let v = exact_decimal(b, i, j).map_or_else(|| s.parse().ok(), Some)?;
                 if !v.is_finite() {
                     return None;
                 }
@@ -1874,6 +2013,106 @@ mod tests {
     }
 
     #[test]
+    fn short_decimals_are_read_exactly_as_str_parse_reads_them() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut exact = 0;
+        for _ in 0..200_000 {
+            let digits = rng.random_range(1..=18);
+            let mut text = String::new();
+            if rng.random_bool(0.3) {
+                text.push('-');
+            }
+            let point = rng.random_range(1..=digits);
+            for k in 0..digits {
+                if k == point {
+                    text.push('.');
+                }
+                // JSON: no leading zero before more integer digits.
+                let first = k == 0 && point > 1;
+                text.push(char::from(b'0' + rng.random_range(u8::from(first)..10)));
+            }
+            if point == digits {
+                text.push_str(".5");
+            }
+            if rng.random_bool(0.3) {
+                let sign = ["", "+", "-"][rng.random_range(0..3)];
+                text.push_str(&format!("e{sign}{}", rng.random_range(0..40)));
+            }
+            let want: f64 = text.parse().unwrap();
+            if let Some(got) = json::fast::exact_decimal(text.as_bytes(), 0, text.len()) {
+                assert_eq!(got.to_bits(), want.to_bits(), "{text}");
+                exact += 1;
+            }
+        }
+        assert!(exact > 50_000, "read exactly only {exact}");
+    }
+
+    #[test]
+    fn plain_utc_times_are_read_exactly_as_chrono_reads_them() {
+        use rand::{Rng, SeedableRng};
+        for (text, plain) in [
+            ("1900-02-29T00:00:00Z", false),
+            ("2100-02-29T00:00:00Z", false),
+            ("2023-02-29T00:00:00Z", false),
+            ("2000-02-29T00:00:00Z", true),
+            ("2024-02-29T12:30:45.5Z", true),
+            ("0000-01-01T00:00:00Z", true),
+            ("1969-12-31T23:59:59.999999Z", true),
+            ("9999-12-31T23:59:59.999999999Z", true),
+            ("2023-11-14T22:13:20.000Z", true),
+            ("1970-01-01T00:00:60Z", false),
+            ("2023-04-31T00:00:00Z", false),
+        ] {
+            let chrono = chrono::DateTime::parse_from_rfc3339(text)
+                .ok()
+                .map(|t| t.timestamp_micros());
+            let ours = plain_utc_time_us(text.as_bytes());
+            assert_eq!(ours.is_some(), plain, "{text}");
+            if plain {
+                assert_eq!(ours, chrono, "{text}");
+            }
+            let read = time_from_text(text).ok();
+            assert_eq!(read, chrono.map(Cell::Time), "{text}");
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        let mut plain = 0;
+        for _ in 0..100_000 {
+            let mut text = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                rng.random_range(0..10_000),
+                rng.random_range(0..14),
+                rng.random_range(0..33),
+                rng.random_range(0..25),
+                rng.random_range(0..61),
+                rng.random_range(0..62),
+            );
+            if rng.random_bool(0.6) {
+                text.push('.');
+                for _ in 0..rng.random_range(0..12) {
+                    text.push(char::from(b'0' + rng.random_range(0..10)));
+                }
+            }
+            text.push_str(["Z", "Z", "z", "+02:00", "", "Zx"][rng.random_range(0..6)]);
+            if rng.random_bool(0.05) {
+                text = text.replacen('T', " ", 1);
+            }
+            let chrono = chrono::DateTime::parse_from_rfc3339(&text)
+                .ok()
+                .map(|t| t.timestamp_micros());
+            if let Some(us) = plain_utc_time_us(text.as_bytes()) {
+                assert_eq!(Some(us), chrono, "{text}");
+                plain += 1;
+            }
+            let read = time_from_text(&text).ok();
+            if let Some(us) = chrono {
+                assert_eq!(read, Some(Cell::Time(us)), "{text}");
+            }
+        }
+        assert!(plain > 10_000, "read only {plain} plainly");
+    }
+
+    #[test]
     fn fast_json_reader_agrees_with_serde_json_on_random_lines() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -2164,3 +2403,4 @@ mod tests {
         assert!(r.next_line().unwrap().is_none());
     }
 }
+
