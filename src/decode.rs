@@ -2403,4 +2403,3 @@ mod tests {
         assert!(r.next_line().unwrap().is_none());
     }
 }
-

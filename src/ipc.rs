@@ -4,8 +4,9 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
-use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::reader::{StreamDecoder, StreamReader};
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -37,6 +38,24 @@ pub fn ipc_to_batches(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
 /// A schema alone, as an IPC stream with no batches.
 pub fn schema_to_ipc(schema: &Schema) -> Result<Vec<u8>> {
     batches_to_ipc(schema, &[])
+}
+
+/// Decodes a stream written by [`batches_to_ipc`] that `buffer` holds,
+/// without copying its data: each array points into `buffer` (one that is
+/// not aligned for its type is copied).
+pub fn ipc_buffer_to_batches(mut buffer: Buffer) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let mut decoder = StreamDecoder::new();
+    let mut batches = Vec::new();
+    while !buffer.is_empty() {
+        if let Some(batch) = decoder.decode(&mut buffer)? {
+            batches.push(batch);
+        }
+    }
+    decoder.finish()?;
+    let schema = decoder.schema().ok_or_else(|| {
+        datafusion::arrow::error::ArrowError::IpcError("IPC stream without a schema".into())
+    })?;
+    Ok((schema, batches))
 }
 
 pub fn ipc_to_schema(bytes: &[u8]) -> Result<SchemaRef> {

@@ -16,7 +16,7 @@ use crate::limits::FRAME_BYTES_MAX;
 
 /// Bumped whenever a message or the plan encoding changes; DataFusion's
 /// proto format is not stable across its versions, so this covers those too.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Bytes of the length prefix.
 pub const FRAME_PREFIX_BYTES: usize = 4;
@@ -87,21 +87,40 @@ pub enum IngestRef<'a> {
     Ingest {
         table: &'a str,
         batch_id: BatchId,
+        /// Zeros that put `ipc` at a multiple of [`IPC_ALIGN`] bytes into
+        /// the payload (see [`ingest_frame_head`]).
+        #[serde(with = "serde_bytes")]
+        pad: &'a [u8],
         #[serde(with = "serde_bytes")]
         ipc: &'a [u8],
     },
 }
+
+/// Where a batch's IPC stream starts in an ingest frame's payload: at a
+/// multiple of this. The stream aligns its buffers within itself, so a leaf
+/// that reads the payload into an allocation aligned as malloc's (16) can
+/// keep the columns in it instead of copying each to an aligned place.
+pub const IPC_ALIGN: usize = 8;
 
 /// The start of an ingest frame: its prefix and every field before the
 /// batch's bytes. `head + ipc` is the frame of [`IngestRef::Ingest`], so a
 /// client sends the batch as it is, without copying it into a frame.
 pub fn ingest_frame_head(table: &str, batch_id: BatchId, ipc_len: usize) -> Result<Vec<u8>> {
     let failed = |e: bincode::error::EncodeError| Error::Internal(format!("encoding a frame: {e}"));
-    let mut out = vec![0u8; FRAME_PREFIX_BYTES];
     // The variant's index, the fields, then the bytes' length: as serde
-    // writes `IngestRef::Ingest`, less the bytes themselves.
-    let head = (0u32, table, batch_id, ipc_len as u64);
-    bincode::serde::encode_into_std_write(head, &mut out, config()).map_err(failed)?;
+    // writes `IngestRef::Ingest`, less the bytes themselves. One more byte
+    // of padding moves the bytes one further (its length is one byte).
+    let zeros = [0u8; IPC_ALIGN];
+    let mut out = Vec::new();
+    for pad in 0..IPC_ALIGN {
+        out = vec![0u8; FRAME_PREFIX_BYTES];
+        let pad = serde_bytes::Bytes::new(&zeros[..pad]);
+        let head = (0u32, table, batch_id, pad, ipc_len as u64);
+        bincode::serde::encode_into_std_write(head, &mut out, config()).map_err(failed)?;
+        if (out.len() - FRAME_PREFIX_BYTES).is_multiple_of(IPC_ALIGN) {
+            break;
+        }
+    }
     let len = out.len() - FRAME_PREFIX_BYTES + ipc_len;
     write_prefix(&mut out, len)?;
     Ok(out)
@@ -128,6 +147,9 @@ pub enum Request {
     Ingest {
         table: String,
         batch_id: BatchId,
+        /// See [`IngestRef::Ingest`]; any length is read.
+        #[serde(with = "serde_bytes")]
+        pad: Vec<u8>,
         #[serde(with = "serde_bytes")]
         ipc: Vec<u8>,
     },
@@ -286,6 +308,7 @@ mod tests {
         let req = Request::Ingest {
             table: "events".into(),
             batch_id: BatchId { session: 7, seq: 9 },
+            pad: vec![],
             ipc: vec![1, 2, 3],
         };
         let frame = encode_frame(&req).unwrap();
@@ -296,6 +319,7 @@ mod tests {
                 table,
                 batch_id,
                 ipc,
+                ..
             } => {
                 assert_eq!(
                     (table.as_str(), batch_id.seq, ipc),
@@ -308,30 +332,40 @@ mod tests {
 
     #[test]
     fn a_borrowed_ingest_encodes_as_the_owned_one() {
-        let batch_id = BatchId { session: 3, seq: 4 };
-        let owned = Request::Ingest {
-            table: "events".into(),
-            batch_id,
-            ipc: vec![5; 300],
-        };
-        let borrowed = IngestRef::Ingest {
-            table: "events",
-            batch_id,
-            ipc: &[5; 300],
-        };
-        let frame = encode_frame(&owned).unwrap();
-        assert_eq!(frame, encode_frame(&borrowed).unwrap());
-        // Sent as a head and the bytes as they are, it is the same frame.
-        let mut split = ingest_frame_head("events", batch_id, 300).unwrap();
-        split.extend_from_slice(&[5; 300]);
-        assert_eq!(split, frame);
-        // And read back without copying the bytes out.
-        let IngestRef::Ingest {
-            table,
-            batch_id: id,
-            ipc,
-        } = decode_borrowed(&frame[FRAME_PREFIX_BYTES..]).unwrap();
-        assert_eq!((table, id, ipc), ("events", batch_id, &[5u8; 300][..]));
+        for (table, seq, len) in [("events", 4, 300), ("t", 1 << 40, 70_000), ("xyz", 0, 0)] {
+            let batch_id = BatchId { session: 3, seq };
+            let ipc = vec![5u8; len];
+            // Sent as a head and the bytes as they are...
+            let mut split = ingest_frame_head(table, batch_id, len).unwrap();
+            split.extend_from_slice(&ipc);
+            // ...read back without copying the bytes out, which start at a
+            // multiple of IPC_ALIGN into the payload...
+            let payload = &split[FRAME_PREFIX_BYTES..];
+            let IngestRef::Ingest {
+                table: t,
+                batch_id: id,
+                pad,
+                ipc: read,
+            } = decode_borrowed(payload).unwrap();
+            assert_eq!((t, id, read), (table, batch_id, &ipc[..]));
+            let at = read.as_ptr() as usize - payload.as_ptr() as usize;
+            assert_eq!(at % IPC_ALIGN, 0, "{table} {seq} {len}");
+            // ...and it is the frame of the owned and borrowed messages.
+            let owned = Request::Ingest {
+                table: table.into(),
+                batch_id,
+                pad: pad.to_vec(),
+                ipc: ipc.clone(),
+            };
+            let borrowed = IngestRef::Ingest {
+                table,
+                batch_id,
+                pad,
+                ipc: &ipc,
+            };
+            assert_eq!(encode_frame(&owned).unwrap(), split);
+            assert_eq!(encode_frame(&borrowed).unwrap(), split);
+        }
         // Any other request is not an ingest.
         let other = encode_frame(&Request::LeafStats).unwrap();
         assert!(decode_borrowed::<IngestRef>(&other[FRAME_PREFIX_BYTES..]).is_err());

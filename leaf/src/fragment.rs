@@ -22,9 +22,7 @@ use datafusion::arrow::array::{ArrayRef, Int64Array};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::stats::Precision;
-use datafusion::common::tree_node::{
-    Transformed, TransformedResult, TreeNode, TreeNodeRecursion,
-};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -32,10 +30,10 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
     PlanProperties,
@@ -275,7 +273,8 @@ fn count_from_row_counts(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn Execu
         {
             return Ok(Transformed::no(node));
         }
-        let stats = StatisticsContext::new().compute(agg.input().as_ref(), &StatisticsArgs::new())?;
+        let stats =
+            StatisticsContext::new().compute(agg.input().as_ref(), &StatisticsArgs::new())?;
         let Precision::Exact(rows) = stats.num_rows else {
             return Ok(Transformed::no(node));
         };
@@ -385,8 +384,11 @@ mod tests {
     async fn count_star_over_a_whole_table_is_read_from_its_row_count() {
         let plan = count_from_row_counts(partial_count(false, false)).expect("rewrite");
         assert!(
-            !format!("{}", datafusion::physical_plan::displayable(plan.as_ref()).indent(true))
-                .contains("AggregateExec"),
+            !format!(
+                "{}",
+                datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
+            )
+            .contains("AggregateExec"),
             "nothing left to count"
         );
         assert_eq!(plan.schema(), partial_count(false, false).schema());

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -297,9 +298,9 @@ impl std::fmt::Debug for Leaf {
 }
 
 /// Validates a batch from an untrusted client: names and types.
-fn decode_batch(table: &str, ipc: &[u8]) -> Result<Vec<RecordBatch>> {
+fn decode_batch(table: &str, ipc: Buffer) -> Result<Vec<RecordBatch>> {
     check_name(table)?;
-    let (schema, batches) = scuba::ipc::ipc_to_batches(ipc)?;
+    let (schema, batches) = scuba::ipc::ipc_buffer_to_batches(ipc)?;
     for field in schema.fields() {
         check_name(field.name())?;
         if ColumnType::from_arrow(field.data_type()).is_none() {
@@ -714,12 +715,24 @@ impl Leaf {
     /// Applies and logs one batch (Arrow IPC) for `table`; idempotent per
     /// `batch_id`. Blocking: call from a blocking thread.
     pub fn ingest(&self, table: &str, batch_id: BatchId, ipc: &[u8]) -> Result<IngestOutcome> {
+        self.ingest_buffer(table, batch_id, Buffer::from_slice_ref(ipc))
+    }
+
+    /// [`Leaf::ingest`] for a batch already in an Arrow buffer (the frame it
+    /// arrived in): its columns are kept where they are, not copied out.
+    pub fn ingest_buffer(
+        &self,
+        table: &str,
+        batch_id: BatchId,
+        ipc: Buffer,
+    ) -> Result<IngestOutcome> {
         if !self.accepting_writes.load(Ordering::SeqCst) {
             return Err(LeafError::Restarting {
                 leaf: self.options.id.clone(),
             });
         }
-        let batches = decode_batch(table, ipc)?;
+        let batches = decode_batch(table, ipc.clone())?;
+        let ipc = ipc.as_slice();
         let incoming_bytes: u64 = batches.iter().map(crate::table::batch_bytes).sum();
         let cutoff = cutoff_us(&self.options.retention_s, table, now_us());
         let mut expired = Expired::default();
@@ -1151,12 +1164,12 @@ fn replay_record(
     state: &mut State,
     options: &LeafOptions,
     store: Option<&BlockStore>,
-    record: crate::log::Record,
+    mut record: crate::log::Record,
     now: i64,
     expired: &mut Expired,
 ) -> Result<()> {
     let table = &record.header.table;
-    let batches = decode_batch(table, &record.ipc)?;
+    let batches = decode_batch(table, Buffer::from_vec(std::mem::take(&mut record.ipc)))?;
     let incoming: u64 = batches.iter().map(crate::table::batch_bytes).sum();
     let cutoff = cutoff_us(&options.retention_s, table, now);
     let applied = if state.make_room(incoming, options.memory_limit_bytes, expired) {

@@ -14,6 +14,8 @@ use scuba::wire::{
 
 use crate::error::{LeafError, Result};
 use crate::leaf::{IngestOutcome, Leaf};
+use datafusion::arrow::buffer::Buffer;
+
 use crate::net::{read_payload, server_endpoint, write_frame, TlsFiles};
 
 /// Bytes of result batches per `Batches` frame.
@@ -73,15 +75,18 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
     let Some(payload) = read_payload(&mut recv).await? else {
         return Ok(());
     };
-    // A batch is read where it arrived, not copied out of its frame.
+    // A batch is read where it arrived: its columns stay in its frame.
     if decode_borrowed::<IngestRef>(&payload).is_ok() {
+        let frame = Buffer::from_vec(payload);
         let reply = ingest(leaf, move |leaf| {
             let IngestRef::Ingest {
                 table,
                 batch_id,
                 ipc,
-            } = decode_borrowed(&payload)?;
-            leaf.ingest(table, batch_id, ipc)
+                ..
+            } = decode_borrowed(frame.as_slice())?;
+            let at = ipc.as_ptr() as usize - frame.as_ptr() as usize;
+            leaf.ingest_buffer(table, batch_id, frame.slice_with_length(at, ipc.len()))
         })
         .await?;
         return write_frame(&mut send, &reply).await;
@@ -92,6 +97,7 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
             table,
             batch_id,
             ipc,
+            ..
         } => {
             let reply = ingest(leaf, move |leaf| leaf.ingest(&table, batch_id, &ipc)).await?;
             write_frame(&mut send, &reply).await?;
