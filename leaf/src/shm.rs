@@ -209,6 +209,84 @@ mod tests {
     }
 
     #[test]
+    fn blocks_of_every_column_type_and_shape_read_back_from_their_mappings() {
+        use datafusion::arrow::array::{
+            ArrayRef, BooleanArray, Float64Array, ListBuilder, StringBuilder,
+            TimestampMicrosecondArray,
+        };
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..40 {
+            let rows = [0, 1, 7, 1000, 70_000][round % 5];
+            let columns = rng.random_range(1..60);
+            let mut fields = Vec::new();
+            let mut arrays: Vec<ArrayRef> = Vec::new();
+            for c in 0..columns {
+                let null = rng.random_range(0.0..1.0);
+                let some = |rng: &mut rand::rngs::StdRng| rng.random_bool(1.0 - null);
+                let (t, a): (DataType, ArrayRef) = match c % 6 {
+                    0 => (
+                        DataType::Int64,
+                        Arc::new(Int64Array::from_iter(
+                            (0..rows).map(|_| some(&mut rng).then(|| rng.random())),
+                        )),
+                    ),
+                    1 => (
+                        DataType::Float64,
+                        Arc::new(Float64Array::from_iter(
+                            (0..rows).map(|_| some(&mut rng).then(|| rng.random())),
+                        )),
+                    ),
+                    2 => (
+                        DataType::Boolean,
+                        Arc::new(BooleanArray::from_iter(
+                            (0..rows).map(|_| some(&mut rng).then(|| rng.random())),
+                        )),
+                    ),
+                    3 => {
+                        let len = rng.random_range(0..300);
+                        (
+                            DataType::Utf8,
+                            Arc::new(StringArray::from_iter((0..rows).map(|_| {
+                                some(&mut rng).then(|| "é".repeat(rng.random_range(0..=len)))
+                            }))),
+                        )
+                    }
+                    4 => {
+                        let mut b = ListBuilder::new(StringBuilder::new());
+                        for _ in 0..rows {
+                            for _ in 0..rng.random_range(0..4) {
+                                b.values().append_value("tag");
+                            }
+                            b.append(some(&mut rng));
+                        }
+                        let a = b.finish();
+                        (a.data_type().clone(), Arc::new(a))
+                    }
+                    _ => (
+                        DataType::Timestamp(
+                            datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                            None,
+                        ),
+                        Arc::new(TimestampMicrosecondArray::from_iter(
+                            (0..rows).map(|_| some(&mut rng).then(|| rng.random())),
+                        )),
+                    ),
+                };
+                fields.push(Field::new(format!("column_{c}_{}", "x".repeat(c)), t, true));
+                arrays.push(a);
+            }
+            let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap();
+            let name = format!("b{round}.arrow");
+            let (mapped, file) = write_block(dir.path(), &name, &batch).unwrap();
+            assert_eq!(mapped, batch);
+            let again = Unchecked::map(dir.path(), &file).unwrap().check().unwrap();
+            assert_eq!(again, batch);
+        }
+    }
+
+    #[test]
     fn flipped_byte_fails_the_checksum() {
         let dir = tempfile::tempdir().unwrap();
         let (_, file) = write_block(dir.path(), "b0.arrow", &batch()).unwrap();
