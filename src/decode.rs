@@ -89,6 +89,9 @@ pub struct TextChunk {
     /// The number of the chunk's first line (counting from 1).
     pub first_line: u64,
     text: Vec<u8>,
+    /// `text`, once [`TextChunk::check_utf8`] found all of it UTF-8: its
+    /// lines then need no check of their own.
+    utf8: Option<String>,
     lines: Vec<ChunkLine>,
 }
 
@@ -110,12 +113,33 @@ impl TextChunk {
         self.lines.is_empty()
     }
 
+    /// Checks the whole chunk's UTF-8 at once (a line feed is never part
+    /// of another character, so the chunk is UTF-8 exactly when each of its
+    /// lines is): one pass instead of one call per line. When some line is
+    /// not, every line is checked on its own instead.
+    pub fn check_utf8(&mut self) {
+        if self.utf8.is_none() {
+            match String::from_utf8(std::mem::take(&mut self.text)) {
+                Ok(text) => self.utf8 = Some(text),
+                Err(e) => self.text = e.into_bytes(),
+            }
+        }
+    }
+
     /// Line `i` of the chunk (numbered in the whole input), without its
     /// line ending.
     pub fn line(&self, i: usize) -> Line<'_> {
         let number = self.first_line + i as u64;
         match self.lines[i] {
             ChunkLine::Oversized { len_bytes } => Line::Oversized { number, len_bytes },
+            ChunkLine::Text { start, end } if self.utf8.is_some() => {
+                let whole = self.utf8.as_deref().expect("checked");
+                let text = &whole[start as usize..end as usize];
+                Line::Text {
+                    number,
+                    text: text.strip_suffix('\r').unwrap_or(text),
+                }
+            }
             ChunkLine::Text { start, end } => {
                 let mut bytes = &self.text[start as usize..end as usize];
                 if let [rest @ .., b'\r'] = bytes {
@@ -202,6 +226,7 @@ pub fn read_chunks<R: std::io::Read>(
                 let next = TextChunk {
                     first_line: chunk.first_line + chunk.lines.len() as u64,
                     text: chunk.text[line_start..].to_vec(),
+                    utf8: None,
                     lines: Vec::new(),
                 };
                 chunk.text.truncate(line_start);
@@ -2255,14 +2280,20 @@ mod tests {
         out
     }
 
-    /// The same through [`read_chunks`], checking each chunk's bounds.
+    /// The same through [`read_chunks`], checking each chunk's bounds, and
+    /// that its lines read the same after the whole chunk's UTF-8 check.
     fn lines_by_chunks(input: &[u8], max_lines: usize, max_bytes: usize) -> Vec<String> {
         let mut out = Vec::new();
-        read_chunks(input, max_lines, max_bytes, |chunk| {
+        read_chunks(input, max_lines, max_bytes, |mut chunk| {
             assert!(!chunk.is_empty() && chunk.len() <= max_lines);
             assert_eq!(chunk.first_line, out.len() as u64 + 1);
-            for i in 0..chunk.len() {
-                out.push(format!("{:?}", chunk.line(i)));
+            let each: Vec<String> = (0..chunk.len())
+                .map(|i| format!("{:?}", chunk.line(i)))
+                .collect();
+            chunk.check_utf8();
+            for (i, line) in each.into_iter().enumerate() {
+                assert_eq!(format!("{:?}", chunk.line(i)), line);
+                out.push(line);
             }
             true
         })
@@ -2286,6 +2317,7 @@ mod tests {
                         input.extend_from_slice(long(n).as_bytes())
                     }
                     3 => input.extend_from_slice(long(rng.random_range(0..3000)).as_bytes()),
+                    4 => input.extend_from_slice("\"é€😀\"".as_bytes()),
                     _ => input.extend_from_slice(format!("{{\"a\": {round}}}").as_bytes()),
                 }
                 if rng.random_bool(0.7) {

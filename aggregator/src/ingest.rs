@@ -166,7 +166,8 @@ fn decode_chunks(
         order: &order,
         done: false,
     };
-    for chunk in chunks {
+    for mut chunk in chunks {
+        chunk.text.check_utf8();
         builder.start_chunk(&order, chunk.seq);
         let mut rejections = Vec::new();
         for i in 0..chunk.text.len() {
