@@ -70,7 +70,11 @@ def cluster(fsync):
     try:
         _, p = scuba("cluster", "up", "--leaves", str(LEAVES), "--fsync", fsync, "--dir", d)
         if p.returncode:
-            raise RuntimeError(f"cluster up: {error_of(p)}")
+            logs = os.path.join(d, "logs")
+            tails = "".join(
+                f"\n--- {name} (last lines)\n" + "".join(open(os.path.join(logs, name)).readlines()[-15:])
+                for name in sorted(os.listdir(logs))) if os.path.isdir(logs) else ""
+            raise RuntimeError(f"cluster up: {error_of(p)}{tails}")
         yield d
     finally:
         scuba("cluster", "down", "--dir", d)
