@@ -4,8 +4,12 @@
 //!  SQL ──DataFusion (ClusterTable per table)──> physical plan
 //!        │ cut(): below the first exchange above each LeafScanExec
 //!        v
-//!  fragments ──encode──> every leaf (fan-out, deadline) ──> per-leaf batches
-//!        │ each fragment replaced by a memory source, one partition per leaf
+//!  Prepared: fragments (encoded) + merge plan with slots
+//!        │ kept by SQL text while the schemas stay (not when it calls now())
+//!        v
+//!  fragments ──> every leaf (fan-out, deadline) ──> per-leaf batches
+//!        │ each slot replaced by a memory source, one partition per leaf,
+//!        │ in a fresh copy of the merge plan
 //!        v
 //!  merge plan (final aggregate, sort-merge, limit) ──> answer + coverage
 //! ```

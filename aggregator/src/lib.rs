@@ -4,7 +4,8 @@
 //!  scubactl ingest ──ingest::ingest──> placement::two_choices ──transport──> leaves
 //!
 //!  scubactl query ──server──> engine::Aggregator::query
-//!        │ plan with DataFusion over ClusterTable (union of leaf schemas)
+//!        │ plan with DataFusion over ClusterTable (union of leaf schemas),
+//!        │ or take the plan kept for this SQL text (schemas unchanged)
 //!        │ cut fragments at the first exchange above each leaf scan
 //!        v
 //!  transport::LeafTransport (QUIC, or in-process for embedded::Database)

@@ -1,14 +1,16 @@
 //! # scuba-leaf: where the data lives and the query fragments run
 //!
 //! ```text
-//!  Ingest{table, batch_id, ipc} ──server (IngestRef, borrowed from the frame)──> Leaf::ingest
+//!  Ingest{table, batch_id, pad, ipc} ──server (IngestRef)──> Leaf::ingest_buffer
+//!        │ columns decoded in place: they point into the frame they arrived in
 //!        │ dedup by batch id, check types, make room (expire oldest blocks)
 //!        ├──> log::Log::append (segment files) ──(group fsync)──> acknowledged
 //!        └──> table::Table::append ──> open block ──seal──> shm::write_block
 //!                                                           (IPC file in /dev/shm, mapped, used in place)
 //!
 //!  Fragment{plan} ──server──> Leaf::run_fragment
-//!        │ fragment::decode_fragment: LeafScanExec -> scan of this leaf's blocks
+//!        │ fragment::decode_fragment: LeafScanExec -> scan of this leaf's blocks;
+//!        │ a partial count(*) over a whole table -> the scan's exact row count
 //!        v
 //!  DataFusion runs the fragment (filter, partial aggregate, top-k)
 //!        │ merged in order or coalesced
