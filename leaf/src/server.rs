@@ -69,14 +69,19 @@ async fn ingest(
 }
 
 async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> Result<()> {
-    // Counted until its reply is delivered, so a hand-off exit does not cut
-    // an acknowledgement the client would otherwise retry elsewhere.
-    let _in_flight = leaf.serving();
     let Some(payload) = read_payload(&mut recv).await? else {
         return Ok(());
     };
+    // A write (and a peer's question about writes) is counted until its
+    // reply is delivered, so a hand-off exit does not cut an acknowledgement
+    // the client would then retry on another leaf, where the rows would
+    // land twice. Other replies are not waited for: a cut one reads as a
+    // missing leaf, and a reply nobody acknowledges (its reader gone) held
+    // every hand-off it overlapped for the full wait.
+    let mut in_flight = None;
     // A batch is read where it arrived: its columns stay in its frame.
     if decode_borrowed::<IngestRef>(&payload).is_ok() {
+        in_flight = Some(leaf.serving());
         let frame = Buffer::from_vec(payload);
         let reply = ingest(leaf, move |leaf| {
             let IngestRef::Ingest {
@@ -89,7 +94,11 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
             leaf.ingest_buffer(table, batch_id, frame.slice_with_length(at, ipc.len()))
         })
         .await?;
-        return write_frame(&mut send, &reply).await;
+        write_frame(&mut send, &reply).await?;
+        let _ = send.finish();
+        let _ = send.stopped().await;
+        drop(in_flight);
+        return Ok(());
     }
     match decode_payload::<Request>(&payload)? {
         // Read borrowed above; the owned form is served the same way.
@@ -99,6 +108,7 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
             ipc,
             ..
         } => {
+            in_flight = Some(leaf.serving());
             let reply = ingest(leaf, move |leaf| leaf.ingest(&table, batch_id, &ipc)).await?;
             write_frame(&mut send, &reply).await?;
         }
@@ -132,6 +142,7 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
             write_frame(&mut send, &reply).await?;
         }
         Request::HeldBatches { ids } => {
+            in_flight = Some(leaf.serving());
             // A recovering peer asks about at most its held-back records.
             let reply = if ids.len() > crate::leaf::UNCERTAIN_RECORDS_MAX {
                 Response::Error(WireError {
@@ -180,6 +191,7 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
     }
     let _ = send.finish();
     let _ = send.stopped().await;
+    drop(in_flight);
     Ok(())
 }
 
