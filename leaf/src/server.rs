@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use quinn::{Endpoint, RecvStream, SendStream};
@@ -14,8 +15,6 @@ use scuba::wire::{
 
 use crate::error::{LeafError, Result};
 use crate::leaf::{IngestOutcome, Leaf};
-use datafusion::arrow::buffer::Buffer;
-
 use crate::net::{read_payload, server_endpoint, write_frame, TlsFiles};
 
 /// Bytes of result batches per `Batches` frame.
