@@ -46,10 +46,33 @@ pub fn cluster_file(cluster: Option<&Path>, dir: Option<&Path>) -> PathBuf {
     }
 }
 
+/// A port for a node of a local cluster: free now, and below the range the
+/// system hands out for ephemeral binds. Every client endpoint takes an
+/// ephemeral port, so a node port from that range could be taken by one
+/// between `up` choosing it and the node binding it, or while a killed leaf
+/// waits to be started again on it.
 fn free_port() -> Result<u16> {
+    use rand::Rng;
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let below = ephemeral_from.saturating_sub(1);
+    if below > NODE_PORTS_FROM {
+        let mut rng = rand::rng();
+        for _ in 0..256 {
+            let port = rng.random_range(NODE_PORTS_FROM..below);
+            if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let s = UdpSocket::bind("127.0.0.1:0")?;
     Ok(s.local_addr()?.port())
 }
+
+/// The lowest port `cluster up` gives a node.
+const NODE_PORTS_FROM: u16 = 20_000;
 
 fn pid_path(dir: &Path, name: &str) -> PathBuf {
     dir.join("run").join(format!("{name}.pid"))
