@@ -27,14 +27,6 @@ pub fn batches_to_ipc(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<u8
     Ok(out)
 }
 
-/// Decodes a stream written by [`batches_to_ipc`].
-pub fn ipc_to_batches(bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let reader = StreamReader::try_new(Cursor::new(bytes), None)?;
-    let schema = reader.schema();
-    let batches = reader.collect::<Result<Vec<_>, _>>()?;
-    Ok((schema, batches))
-}
-
 /// A schema alone, as an IPC stream with no batches.
 pub fn schema_to_ipc(schema: &Schema) -> Result<Vec<u8>> {
     batches_to_ipc(schema, &[])
@@ -42,8 +34,9 @@ pub fn schema_to_ipc(schema: &Schema) -> Result<Vec<u8>> {
 
 /// Decodes a stream written by [`batches_to_ipc`] that `buffer` holds,
 /// without copying its data: each array points into `buffer` (one that is
-/// not aligned for its type is copied).
-pub fn ipc_buffer_to_batches(mut buffer: Buffer) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+/// not aligned for its type is copied). A truncated stream, or bytes after
+/// its end, is an error.
+pub fn ipc_to_batches(mut buffer: Buffer) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let mut decoder = StreamDecoder::new();
     let mut batches = Vec::new();
     while !buffer.is_empty() {

@@ -108,19 +108,17 @@ pub const IPC_ALIGN: usize = 8;
 pub fn ingest_frame_head(table: &str, batch_id: BatchId, ipc_len: usize) -> Result<Vec<u8>> {
     let failed = |e: bincode::error::EncodeError| Error::Internal(format!("encoding a frame: {e}"));
     // The variant's index, the fields, then the bytes' length: as serde
-    // writes `IngestRef::Ingest`, less the bytes themselves. One more byte
-    // of padding moves the bytes one further (its length is one byte).
-    let zeros = [0u8; IPC_ALIGN];
-    let mut out = Vec::new();
-    for pad in 0..IPC_ALIGN {
-        out = vec![0u8; FRAME_PREFIX_BYTES];
-        let pad = serde_bytes::Bytes::new(&zeros[..pad]);
-        let head = (0u32, table, batch_id, pad, ipc_len as u64);
-        bincode::serde::encode_into_std_write(head, &mut out, config()).map_err(failed)?;
-        if (out.len() - FRAME_PREFIX_BYTES).is_multiple_of(IPC_ALIGN) {
-            break;
-        }
-    }
+    // writes `IngestRef::Ingest`, less the bytes themselves. Each byte of
+    // padding moves the bytes one further (its length takes one byte).
+    let head = |pad: usize| {
+        let mut out = vec![0u8; FRAME_PREFIX_BYTES];
+        let pad = serde_bytes::Bytes::new(&[0u8; IPC_ALIGN][..pad]);
+        let fields = (0u32, table, batch_id, pad, ipc_len as u64);
+        bincode::serde::encode_into_std_write(fields, &mut out, config()).map_err(failed)?;
+        Ok::<_, Error>(out)
+    };
+    let unpadded = head(0)?.len() - FRAME_PREFIX_BYTES;
+    let mut out = head((IPC_ALIGN - unpadded % IPC_ALIGN) % IPC_ALIGN)?;
     let len = out.len() - FRAME_PREFIX_BYTES + ipc_len;
     write_prefix(&mut out, len)?;
     Ok(out)

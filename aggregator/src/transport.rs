@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use quinn::{Connection, Endpoint};
@@ -300,7 +301,7 @@ impl QuicTransport {
         loop {
             match read_frame::<Response>(&mut recv).await.map_err(lost)? {
                 Some(Response::Batches(ipc)) => {
-                    let (_, b) = scuba::ipc::ipc_to_batches(&ipc)
+                    let (_, b) = scuba::ipc::ipc_to_batches(Buffer::from_vec(ipc))
                         .map_err(|e| MissingReason::Error(e.to_string()))?;
                     batches.extend(b);
                 }

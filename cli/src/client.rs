@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use quinn::{Connection, Endpoint};
@@ -119,7 +120,8 @@ impl Client {
                 .map_err(|e| other(e.into()))?
             {
                 Some(Response::Batches(ipc)) => {
-                    let (s, b) = scuba::ipc::ipc_to_batches(&ipc).map_err(|e| other(e.into()))?;
+                    let (s, b) = scuba::ipc::ipc_to_batches(Buffer::from_vec(ipc))
+                        .map_err(|e| other(e.into()))?;
                     schema.get_or_insert(s);
                     batches.extend(b);
                 }

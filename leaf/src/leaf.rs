@@ -300,7 +300,7 @@ impl std::fmt::Debug for Leaf {
 /// Validates a batch from an untrusted client: names and types.
 fn decode_batch(table: &str, ipc: Buffer) -> Result<Vec<RecordBatch>> {
     check_name(table)?;
-    let (schema, batches) = scuba::ipc::ipc_buffer_to_batches(ipc)?;
+    let (schema, batches) = scuba::ipc::ipc_to_batches(ipc)?;
     for field in schema.fields() {
         check_name(field.name())?;
         if ColumnType::from_arrow(field.data_type()).is_none() {

@@ -108,7 +108,10 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
             ..
         } => {
             in_flight = Some(leaf.serving());
-            let reply = ingest(leaf, move |leaf| leaf.ingest(&table, batch_id, &ipc)).await?;
+            let reply = ingest(leaf, move |leaf| {
+                leaf.ingest_buffer(&table, batch_id, Buffer::from_vec(ipc))
+            })
+            .await?;
             write_frame(&mut send, &reply).await?;
         }
         Request::Fragment {
