@@ -5,13 +5,17 @@ use std::sync::Arc;
 use quinn::{Endpoint, RecvStream, SendStream};
 use scuba::limits::SQL_BYTES_MAX;
 use scuba::wire::{ErrorKind, Request, Response, WireError, PROTOCOL_VERSION};
-use scuba_leaf::net::{read_frame, write_frame};
+use scuba_leaf::net::{push_frame, read_end, read_frame, write_last};
 
 use crate::engine::{Aggregator, QueryOptions};
 use crate::error::Result;
 
-/// Bytes of result per `Batches` frame.
+/// Rows of result per `Batches` frame.
 const REPLY_CHUNK_ROWS: usize = 64 * 1024;
+
+/// Encoded reply bytes gathered before a write: a small answer leaves in
+/// one write with the stream's end, a large one in writes of about this.
+const REPLY_WRITE_BYTES: usize = 1 << 20;
 
 pub async fn serve(aggregator: Arc<Aggregator>, endpoint: Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
@@ -42,6 +46,9 @@ async fn handle(agg: Arc<Aggregator>, mut send: SendStream, mut recv: RecvStream
     let Some(request) = read_frame::<Request>(&mut recv).await? else {
         return Ok(());
     };
+    // The reply's frames, written when they pass REPLY_WRITE_BYTES and at
+    // the end, with the stream's end: a small answer is one write.
+    let mut out = Vec::new();
     match request {
         Request::Query(q) => {
             if q.protocol_version != PROTOCOL_VERSION {
@@ -49,13 +56,12 @@ async fn handle(agg: Arc<Aggregator>, mut send: SendStream, mut recv: RecvStream
                     peer: q.protocol_version,
                     ours: PROTOCOL_VERSION,
                 };
-                write_frame(&mut send, &bad_request(msg.to_string())).await?;
+                push_frame(&mut out, &bad_request(msg.to_string()))?;
             } else if q.sql.len() > SQL_BYTES_MAX {
-                write_frame(
-                    &mut send,
+                push_frame(
+                    &mut out,
                     &bad_request(format!("SQL longer than {SQL_BYTES_MAX} bytes")),
-                )
-                .await?;
+                )?;
             } else {
                 let options = QueryOptions {
                     timeout_ms: q.timeout_ms,
@@ -75,49 +81,52 @@ async fn handle(agg: Arc<Aggregator>, mut send: SendStream, mut recv: RecvStream
                             .collect();
                         // Always send the schema, even for an empty answer.
                         let ipc = scuba::ipc::batches_to_ipc(&answer.schema, &[])?;
-                        write_frame(&mut send, &Response::Batches(ipc)).await?;
+                        push_frame(&mut out, &Response::Batches(ipc))?;
                         for chunk in rows.chunks(4) {
                             let ipc = scuba::ipc::batches_to_ipc(&answer.schema, chunk)?;
-                            write_frame(&mut send, &Response::Batches(ipc)).await?;
+                            push_frame(&mut out, &Response::Batches(ipc))?;
+                            if out.len() >= REPLY_WRITE_BYTES {
+                                send.write_all(&out).await.map_err(|e| {
+                                    scuba_leaf::LeafError::Net(format!("writing a reply: {e}"))
+                                })?;
+                                out.clear();
+                            }
                         }
-                        write_frame(
-                            &mut send,
+                        push_frame(
+                            &mut out,
                             &Response::QueryDone {
                                 coverage: answer.coverage,
                                 notes: answer.notes,
                             },
-                        )
-                        .await?;
+                        )?;
                     }
-                    Err(e) => write_frame(&mut send, &Response::Error(e.to_wire())).await?,
+                    Err(e) => push_frame(&mut out, &Response::Error(e.to_wire()))?,
                 }
             }
         }
-        Request::ClusterStatus => write_frame(&mut send, &Response::Status(agg.status())).await?,
+        Request::ClusterStatus => push_frame(&mut out, &Response::Status(agg.status()))?,
         Request::TableSchema { table } => {
             let schema = agg
                 .table_schema(&table)?
                 .map(|s| scuba::ipc::schema_to_ipc(&s))
                 .transpose()?;
-            write_frame(&mut send, &Response::Schema(schema)).await?;
+            push_frame(&mut out, &Response::Schema(schema))?;
         }
         Request::LeafRestarting { leaf } => {
             agg.mark_restarting(&leaf);
-            write_frame(&mut send, &Response::Ok).await?;
+            push_frame(&mut out, &Response::Ok)?;
         }
         Request::Refresh => {
             agg.refresh().await;
-            write_frame(&mut send, &Response::Ok).await?;
+            push_frame(&mut out, &Response::Ok)?;
         }
-        _ => {
-            write_frame(
-                &mut send,
-                &bad_request("the aggregator does not serve that request".into()),
-            )
-            .await?
-        }
+        _ => push_frame(
+            &mut out,
+            &bad_request("the aggregator does not serve that request".into()),
+        )?,
     }
-    let _ = send.finish();
+    write_last(&mut send, &out).await?;
+    read_end(&mut recv).await;
     let _ = send.stopped().await;
     Ok(())
 }

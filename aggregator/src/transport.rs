@@ -14,7 +14,7 @@ use futures::StreamExt;
 use quinn::{Connection, Endpoint};
 use scuba::coverage::MissingReason;
 use scuba::wire::{BatchId, ErrorKind, LeafStats, Request, Response, WireError, PROTOCOL_VERSION};
-use scuba_leaf::net::{connect, read_frame, request};
+use scuba_leaf::net::{connect, read_end, read_frame, read_last_frame, request};
 use scuba_leaf::{Leaf, LeafError};
 use tokio::sync::Mutex;
 
@@ -239,7 +239,7 @@ impl LeafTransport for QuicTransport {
     async fn stats(&self, leaf: usize) -> Result<LeafStats, MissingReason> {
         self.watched(leaf, async {
             let mut recv = self.call(leaf, &Request::LeafStats).await?;
-            match read_frame::<Response>(&mut recv).await.map_err(lost)? {
+            match read_last_frame::<Response>(&mut recv).await.map_err(lost)? {
                 Some(Response::Stats(s)) => Ok(s),
                 Some(Response::Error(e)) => Err(reason_of(&e)),
                 other => Err(MissingReason::Error(format!("unexpected reply {other:?}"))),
@@ -306,10 +306,11 @@ impl QuicTransport {
                     batches.extend(b);
                 }
                 Some(Response::FragmentDone { table_rows }) => {
+                    read_end(&mut recv).await;
                     return Ok(FragmentReply {
                         batches,
                         table_rows,
-                    })
+                    });
                 }
                 Some(Response::Error(e)) => return Err(reason_of(&e)),
                 Some(other) => {
@@ -352,7 +353,7 @@ impl QuicTransport {
                 return Err(unreachable(format!("sending a batch: {e}")));
             }
         };
-        match read_frame::<Response>(&mut recv).await {
+        match read_last_frame::<Response>(&mut recv).await {
             Ok(Some(Response::IngestAck {
                 rows,
                 duplicate,

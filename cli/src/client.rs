@@ -14,7 +14,9 @@ use scuba::wire::{LeafStatus, QueryRequest, Request, Response, WireError};
 use scuba::Coverage;
 use scuba_aggregator::config::ClusterConfig;
 use scuba_aggregator::transport::QuicTransport;
-use scuba_leaf::net::{client_endpoint, connect, read_frame, request, TlsFiles};
+use scuba_leaf::net::{
+    client_endpoint, connect, read_end, read_frame, read_last_frame, request, TlsFiles,
+};
 
 pub struct Client {
     /// Kept so the endpoint outlives every use of the connection.
@@ -86,7 +88,7 @@ impl Client {
 
     pub async fn status(&self) -> Result<Vec<LeafStatus>> {
         let mut recv = self.call(&Request::ClusterStatus).await?;
-        match read_frame::<Response>(&mut recv).await? {
+        match read_last_frame::<Response>(&mut recv).await? {
             Some(Response::Status(s)) => Ok(s),
             other => bail!("unexpected reply {other:?}"),
         }
@@ -99,13 +101,13 @@ impl Client {
                 leaf: leaf.to_string(),
             })
             .await?;
-        let _ = read_frame::<Response>(&mut recv).await?;
+        let _ = read_last_frame::<Response>(&mut recv).await?;
         Ok(())
     }
 
     pub async fn refresh(&self) -> Result<()> {
         let mut recv = self.call(&Request::Refresh).await?;
-        let _ = read_frame::<Response>(&mut recv).await?;
+        let _ = read_last_frame::<Response>(&mut recv).await?;
         Ok(())
     }
 
@@ -126,6 +128,7 @@ impl Client {
                     batches.extend(b);
                 }
                 Some(Response::QueryDone { coverage, notes }) => {
+                    read_end(&mut recv).await;
                     let schema = schema
                         .unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
                     return Ok(Answer {

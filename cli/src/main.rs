@@ -192,6 +192,10 @@ enum LeafCommand {
         /// adopts the segment in place instead of reading the disk log.
         #[arg(long)]
         handoff: bool,
+        /// Worker threads (default: one per core). `cluster up` gives each
+        /// of its processes a share of the machine's cores.
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Stop a leaf of a local cluster (`--dir`); with `--handoff` it leaves
     /// a hand-off segment that the next start adopts.
@@ -222,6 +226,9 @@ enum AggregatorCommand {
     Serve {
         #[arg(long, visible_alias = "config")]
         cluster: PathBuf,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
     },
 }
 
@@ -263,10 +270,11 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.command.threads() {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
@@ -281,6 +289,21 @@ fn main() -> ExitCode {
             }
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+impl Command {
+    /// The worker threads a server was asked to run with.
+    fn threads(&self) -> Option<usize> {
+        match self {
+            Command::Leaf {
+                command: LeafCommand::Serve { threads, .. },
+            }
+            | Command::Aggregator {
+                command: AggregatorCommand::Serve { threads, .. },
+            } => *threads,
+            _ => None,
         }
     }
 }
@@ -303,6 +326,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     memory_limit,
                     fsync,
                     handoff,
+                    ..
                 },
         } => leaf_serve(cluster, id, memory_limit, fsync, handoff).await,
         Command::Leaf {
@@ -338,7 +362,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Aggregator {
-            command: AggregatorCommand::Serve { cluster },
+            command: AggregatorCommand::Serve { cluster, .. },
         } => aggregator_serve(cluster).await,
         Command::Ingest {
             table,
@@ -626,7 +650,7 @@ async fn settle_with_peers(
             let conn = scuba_leaf::net::connect(&endpoint, peer.addr).await?;
             let mut recv =
                 scuba_leaf::net::request(&conn, &Request::HeldBatches { ids: ids.clone() }).await?;
-            match scuba_leaf::net::read_frame::<Response>(&mut recv).await? {
+            match scuba_leaf::net::read_last_frame::<Response>(&mut recv).await? {
                 Some(Response::HeldBatches(held)) => Ok(held),
                 other => Err(anyhow::anyhow!("unexpected reply {other:?}")),
             }
@@ -676,7 +700,7 @@ async fn take_over(
         }
     };
     let mut recv = scuba_leaf::net::request(&conn, &Request::Handoff).await?;
-    match scuba_leaf::net::read_frame::<Response>(&mut recv).await? {
+    match scuba_leaf::net::read_last_frame::<Response>(&mut recv).await? {
         Some(Response::HandoffDone {
             rows,
             blocks,

@@ -5,6 +5,11 @@
 //! client writes a request frame and finishes its side; the server answers
 //! with frames ending in a terminal message. Dropping the stream cancels the
 //! request on both sides (the server's writes fail and it stops working).
+//!
+//! Packets are the cost of a small request on loopback (each send wakes a
+//! process on the other core), so both sides keep them few: a stream's last
+//! frames go out in one write right before it is finished, and a reader
+//! consumes the end of every stream it is done with ([`read_end`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -208,6 +213,45 @@ pub async fn write_frame<T: Serialize>(send: &mut SendStream, message: &T) -> Re
         .map_err(|e| LeafError::Net(format!("writing a frame: {e}")))
 }
 
+/// Encodes `message` as a frame appended to `out`, to send several frames
+/// in one write.
+pub fn push_frame<T: Serialize>(out: &mut Vec<u8>, message: &T) -> Result<()> {
+    out.extend_from_slice(&encode_frame(message)?);
+    Ok(())
+}
+
+/// Writes a stream's last bytes and finishes it at once, so the end
+/// usually leaves in the same packet as the data. (A write wakes the
+/// connection; a finish that comes after an `await` often goes out in a
+/// packet of its own, which the peer must receive and acknowledge.)
+pub async fn write_last(send: &mut SendStream, bytes: &[u8]) -> Result<()> {
+    send.write_all(bytes)
+        .await
+        .map_err(|e| LeafError::Net(format!("writing a frame: {e}")))?;
+    let _ = send.finish();
+    Ok(())
+}
+
+/// How long a reader that has its answer waits for the peer's end of the
+/// stream (usually already here, in the answer's last packet).
+pub const STREAM_END_WAIT: Duration = Duration::from_secs(1);
+
+/// Consumes the end of a stream whose last frame was read. quinn answers a
+/// receive stream dropped before its end was read with STOP_SENDING, even
+/// when the end had arrived: one more packet each way per request.
+pub async fn read_end(recv: &mut RecvStream) {
+    let _ = tokio::time::timeout(STREAM_END_WAIT, recv.read_chunk(FRAME_PREFIX_BYTES, true)).await;
+}
+
+/// Reads the one frame of a reply and the stream's end.
+pub async fn read_last_frame<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<Option<T>> {
+    let frame = read_frame(recv).await?;
+    if frame.is_some() {
+        read_end(recv).await;
+    }
+    Ok(frame)
+}
+
 /// Reads one frame; `None` when the peer finished its side cleanly first.
 pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<Option<T>> {
     match read_payload(recv).await? {
@@ -245,8 +289,6 @@ pub async fn request<T: Serialize>(conn: &Connection, message: &T) -> Result<Rec
         .open_bi()
         .await
         .map_err(|e| LeafError::Net(format!("opening a stream: {e}")))?;
-    write_frame(&mut send, message).await?;
-    send.finish()
-        .map_err(|e| LeafError::Net(format!("finishing a request: {e}")))?;
+    write_last(&mut send, &encode_frame(message)?).await?;
     Ok(recv)
 }

@@ -15,7 +15,9 @@ use scuba::wire::{
 
 use crate::error::{LeafError, Result};
 use crate::leaf::{IngestOutcome, Leaf};
-use crate::net::{read_payload, server_endpoint, write_frame, TlsFiles};
+use crate::net::{
+    push_frame, read_end, read_payload, server_endpoint, write_frame, write_last, TlsFiles,
+};
 
 /// Bytes of result batches per `Batches` frame.
 const REPLY_CHUNK_BYTES: usize = 4 << 20;
@@ -78,6 +80,9 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
     // missing leaf, and a reply nobody acknowledges (its reader gone) held
     // every hand-off it overlapped for the full wait.
     let mut in_flight = None;
+    let mut exit_after = false;
+    // The reply's last frames, written at once with the stream's end.
+    let mut last = Vec::new();
     // A batch is read where it arrived: its columns stay in its frame.
     if decode_borrowed::<IngestRef>(&payload).is_ok() {
         in_flight = Some(leaf.serving());
@@ -93,11 +98,8 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
             leaf.ingest_buffer(table, batch_id, frame.slice_with_length(at, ipc.len()))
         })
         .await?;
-        write_frame(&mut send, &reply).await?;
-        let _ = send.finish();
-        let _ = send.stopped().await;
-        drop(in_flight);
-        return Ok(());
+        push_frame(&mut last, &reply)?;
+        return finish(send, recv, &last, in_flight).await;
     }
     match decode_payload::<Request>(&payload)? {
         // Read borrowed above; the owned form is served the same way.
@@ -108,11 +110,11 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
             ..
         } => {
             in_flight = Some(leaf.serving());
-            let reply = ingest(leaf, move |leaf| {
+            let reply = ingest(Arc::clone(&leaf), move |leaf| {
                 leaf.ingest_buffer(&table, batch_id, Buffer::from_vec(ipc))
             })
             .await?;
-            write_frame(&mut send, &reply).await?;
+            push_frame(&mut last, &reply)?;
         }
         Request::Fragment {
             protocol_version,
@@ -129,11 +131,12 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
                     .to_string(),
                     coverage: None,
                 };
-                write_frame(&mut send, &Response::Error(e)).await?;
-            } else if let Err(e) = run_fragment(&leaf, &table, &plan, &mut send).await {
+                push_frame(&mut last, &Response::Error(e))?;
+            } else if let Err(e) = run_fragment(&leaf, &table, &plan, &mut send, &mut last).await {
                 // The reply may be cut mid-way; the aggregator treats a reply
                 // without its terminal frame as missing, never as smaller.
-                let _ = write_frame(&mut send, &Response::Error(e.to_wire())).await;
+                last.clear();
+                push_frame(&mut last, &Response::Error(e.to_wire()))?;
             }
         }
         Request::LeafStats => {
@@ -141,7 +144,7 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
                 Ok(stats) => Response::Stats(stats),
                 Err(e) => Response::Error(e.to_wire()),
             };
-            write_frame(&mut send, &reply).await?;
+            push_frame(&mut last, &reply)?;
         }
         Request::HeldBatches { ids } => {
             in_flight = Some(leaf.serving());
@@ -159,28 +162,25 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
             } else {
                 Response::HeldBatches(leaf.holds(&ids))
             };
-            write_frame(&mut send, &reply).await?;
+            push_frame(&mut last, &reply)?;
         }
         Request::Handoff => {
             let leaf2 = Arc::clone(&leaf);
             let outcome = tokio::task::spawn_blocking(move || leaf2.handoff())
                 .await
                 .map_err(|e| LeafError::Internal(format!("hand-off task: {e}")))?;
-            match outcome {
+            let reply = match outcome {
                 Ok(s) => {
-                    let reply = Response::HandoffDone {
+                    exit_after = true;
+                    Response::HandoffDone {
                         rows: s.rows,
                         blocks: s.blocks as u64,
                         bytes: s.bytes,
-                    };
-                    write_frame(&mut send, &reply).await?;
-                    let _ = send.finish();
-                    let _ = send.stopped().await;
-                    leaf.request_exit();
-                    return Ok(());
+                    }
                 }
-                Err(e) => write_frame(&mut send, &Response::Error(e.to_wire())).await?,
-            }
+                Err(e) => Response::Error(e.to_wire()),
+            };
+            push_frame(&mut last, &reply)?;
         }
         other => {
             let e = WireError {
@@ -188,10 +188,28 @@ async fn handle(leaf: Arc<Leaf>, mut send: SendStream, mut recv: RecvStream) -> 
                 message: format!("a leaf does not serve {}", request_name(&other)),
                 coverage: None,
             };
-            write_frame(&mut send, &Response::Error(e)).await?;
+            push_frame(&mut last, &Response::Error(e))?;
         }
     }
-    let _ = send.finish();
+    let done = finish(send, recv, &last, in_flight).await;
+    if exit_after {
+        // The hand-off's reply was delivered (or its reader gone).
+        leaf.request_exit();
+    }
+    done
+}
+
+/// Sends a reply's last frames with the stream's end, reads the request's
+/// end, and waits until the peer has the reply before the write it answers
+/// stops counting as in flight.
+async fn finish(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    last: &[u8],
+    in_flight: Option<impl Sized>,
+) -> Result<()> {
+    write_last(&mut send, last).await?;
+    read_end(&mut recv).await;
     let _ = send.stopped().await;
     drop(in_flight);
     Ok(())
@@ -217,6 +235,7 @@ async fn run_fragment(
     table: &str,
     plan: &[u8],
     send: &mut SendStream,
+    last: &mut Vec<u8>,
 ) -> Result<()> {
     let (table_rows, mut stream) = leaf.run_fragment(table, plan)?;
     let schema = stream.schema();
@@ -240,8 +259,12 @@ async fn run_fragment(
             }
         }
     }
-    flush(send, &schema, &mut pending).await?;
-    write_frame(send, &Response::FragmentDone { table_rows }).await
+    // The last batches and the terminal frame go out with the stream's end.
+    if !pending.is_empty() {
+        let ipc = scuba::ipc::batches_to_ipc(&schema, &pending)?;
+        push_frame(last, &Response::Batches(ipc))?;
+    }
+    push_frame(last, &Response::FragmentDone { table_rows })
 }
 
 async fn flush(
