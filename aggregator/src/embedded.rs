@@ -29,6 +29,7 @@ use crate::transport::{InProcessTransport, LeafTransport};
 
 pub struct Database {
     transport: Arc<dyn LeafTransport>,
+    leaves: Vec<Arc<Leaf>>,
     aggregator: Aggregator,
 }
 
@@ -42,7 +43,7 @@ impl Database {
             .iter()
             .map(|l| format!("in-process:{}", l.id()))
             .collect();
-        let transport: Arc<dyn LeafTransport> = Arc::new(InProcessTransport::new(leaves));
+        let transport: Arc<dyn LeafTransport> = Arc::new(InProcessTransport::new(leaves.clone()));
         let aggregator = Aggregator::new(
             Arc::clone(&transport),
             addrs,
@@ -53,6 +54,7 @@ impl Database {
         );
         Ok(Database {
             transport,
+            leaves,
             aggregator,
         })
     }
@@ -96,5 +98,10 @@ impl Database {
 
     pub fn aggregator(&self) -> &Aggregator {
         &self.aggregator
+    }
+
+    /// The database's leaves.
+    pub fn leaves(&self) -> &[Arc<Leaf>] {
+        &self.leaves
     }
 }

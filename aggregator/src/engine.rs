@@ -37,7 +37,6 @@ use datafusion::execution::{SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::ExecutionPlan;
@@ -869,31 +868,18 @@ fn cut(
 
 /// A fresh copy of the merge plan `plan`, with each slot replaced by the
 /// leaves' results for its fragment. Every node is new (reset), so a plan
-/// kept from an earlier query carries no state from its runs.
+/// kept from an earlier query carries no state from its runs; nothing is
+/// planned again (each source stands in for its fragment's output, one
+/// partition per leaf, as the plan above it was planned for).
 fn splice(
     plan: Arc<dyn ExecutionPlan>,
     sources: &[Arc<dyn ExecutionPlan>],
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    reset_plan_states(splice_slots(plan, sources)?)
-}
-
-fn splice_slots(
-    plan: Arc<dyn ExecutionPlan>,
-    sources: &[Arc<dyn ExecutionPlan>],
-) -> DfResult<Arc<dyn ExecutionPlan>> {
-    if let Some(slot) = plan.downcast_ref::<FragmentSlot>() {
-        return Ok(Arc::clone(&sources[slot.index]));
-    }
-    let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
-    if children.is_empty() {
-        return Ok(plan);
-    }
-    let new_children = children
-        .into_iter()
-        .map(|c| splice_slots(c, sources))
-        .collect::<DfResult<Vec<_>>>()?;
-    #[allow(deprecated)]
-    plan.with_new_children(new_children)
+    scuba_leaf::fragment::fresh_copy(&plan, &mut |node| {
+        Ok(node
+            .downcast_ref::<FragmentSlot>()
+            .map(|slot| Arc::clone(&sources[slot.index])))
+    })
 }
 
 /// Marks where fragment `index` was cut out, until [`splice`] puts the

@@ -1,8 +1,9 @@
 //! The aggregator keeps planned queries by SQL text, so a dashboard's
-//! repeated query skips DataFusion's planning. A kept plan must answer
-//! exactly as a fresh one: it sees rows that arrived since, it is dropped
-//! when a table's schema changes, and a query whose plan depends on the
-//! moment it was planned (`now()`) is planned every time.
+//! repeated query skips DataFusion's planning, and every leaf keeps the
+//! fragments it decoded by their bytes, so it skips decoding. A kept plan
+//! must answer exactly as a fresh one: it sees rows that arrived since, it
+//! is dropped when a table's schema changes, and a query whose plan depends
+//! on the moment it was planned (`now()`) is planned every time.
 //!
 //! Real in-process leaves through the embedded database.
 
@@ -66,6 +67,34 @@ async fn a_repeated_query_is_planned_once_and_still_sees_new_rows() {
         kept, 1,
         "same schema: the kept plan was used, not a second one"
     );
+    for leaf in db.leaves() {
+        assert_eq!(leaf.fragments_kept(), 1, "{}: decoded once", leaf.id());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_fragment_sees_the_rows_of_each_moment() {
+    // Filtered, grouped and top-k fragments: each leaf binds the fragment
+    // it kept to the blocks it holds when the query comes.
+    let db = Database::open(3).expect("open");
+    let queries = [
+        "SELECT service, count(*) AS n, max(latency) AS m FROM t \
+         WHERE latency >= 20 GROUP BY service ORDER BY service",
+        "SELECT time, latency FROM t ORDER BY latency DESC, time LIMIT 5",
+        "SELECT min(time) AS first, max(time) AS last, count(*) AS n FROM t",
+    ];
+    for round in 0..3 {
+        ingest(&db, lines(round * 500, (round + 1) * 500, "")).await;
+        let fresh = Database::open(3).expect("open");
+        ingest(&fresh, lines(0, (round + 1) * 500, "")).await;
+        for sql in queries {
+            let kept = answer(&db, sql).await;
+            assert_eq!(kept, answer(&fresh, sql).await, "round {round}: {sql}");
+        }
+    }
+    for leaf in db.leaves() {
+        assert_eq!(leaf.fragments_kept(), queries.len(), "{}", leaf.id());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

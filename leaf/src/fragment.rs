@@ -3,10 +3,16 @@
 //! ```text
 //!  aggregator                                   leaf
 //!  ──────────                                   ────
-//!  LeafScanExec{table, schema}                  ScubaCodec::try_decode
-//!    │ ScubaCodec::try_encode                     │ ScanSource::scan(table, schema)
-//!    v                                            v
-//!  datafusion-proto bytes ──── QUIC ────>     DataSourceExec over the leaf's blocks
+//!  LeafScanExec{table, schema}
+//!    │ ScubaCodec::try_encode
+//!    v
+//!  datafusion-proto bytes ──── QUIC ────>     decode_template (once per distinct
+//!                                                 │ bytes; kept, holds no rows)
+//!                                                 v
+//!                                             template with LeafScanExec placeholders
+//!                                                 │ bind_fragment: ScanSource::scan
+//!                                                 v
+//!                                             DataSourceExec over the leaf's blocks
 //!                                                 │ fragment (filter, partial agg, top-k...)
 //!                                                 v
 //!                                             merged in order / coalesced ──> IPC batches
@@ -31,7 +37,9 @@ use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::execution_plan::{
+    Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
+};
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::{
@@ -142,26 +150,11 @@ struct ScanNode {
     schema_ipc: Vec<u8>,
 }
 
-/// Encodes [`LeafScanExec`] at the aggregator; at a leaf, decodes it into a
-/// scan of the leaf's own blocks through its [`ScanSource`].
+/// Encodes [`LeafScanExec`] at the aggregator; at a leaf, decodes it back
+/// into a [`LeafScanExec`] of [`LEAF_SCAN_PARTITIONS`] partitions, which
+/// [`bind_fragment`] replaces with a scan of the leaf's own blocks.
 #[derive(Debug, Default)]
-pub struct ScubaCodec {
-    source: Option<Arc<dyn ScanSource>>,
-}
-
-impl ScubaCodec {
-    /// The aggregator's codec: encodes scans, decodes none.
-    pub fn for_aggregator() -> Self {
-        ScubaCodec { source: None }
-    }
-
-    /// A leaf's codec: scans resolve against `source`.
-    pub fn for_leaf(source: Arc<dyn ScanSource>) -> Self {
-        ScubaCodec {
-            source: Some(source),
-        }
-    }
-}
+pub struct ScubaCodec;
 
 fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<{ scuba::limits::FRAME_BYTES_MAX }>()
@@ -184,19 +177,11 @@ impl PhysicalExtensionCodec for ScubaCodec {
             .map_err(|e| DataFusionError::Plan(format!("malformed scan node: {e}")))?;
         let schema = scuba::ipc::ipc_to_schema(&node.schema_ipc)
             .map_err(|e| DataFusionError::Plan(e.to_string()))?;
-        let Some(source) = &self.source else {
-            return Ok(Arc::new(LeafScanExec::new(&node.table, schema, 1)));
-        };
-        let batches = source
-            .scan(&node.table, &schema)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let mut partitions: Vec<Vec<RecordBatch>> = vec![Vec::new(); LEAF_SCAN_PARTITIONS];
-        for (i, b) in batches.into_iter().enumerate() {
-            partitions[i % LEAF_SCAN_PARTITIONS].push(b);
-        }
-        let exec: Arc<dyn ExecutionPlan> =
-            MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
-        Ok(exec)
+        Ok(Arc::new(LeafScanExec::new(
+            &node.table,
+            schema,
+            LEAF_SCAN_PARTITIONS,
+        )))
     }
 
     fn try_encode(
@@ -225,25 +210,43 @@ impl PhysicalExtensionCodec for ScubaCodec {
 
 /// Serializes a fragment for the wire.
 pub fn encode_fragment(plan: Arc<dyn ExecutionPlan>) -> DfResult<Vec<u8>> {
-    let codec = ScubaCodec::for_aggregator();
     Ok(
-        datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, &codec)?
+        datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, &ScubaCodec)?
             .to_vec(),
     )
 }
 
-/// Decodes a fragment at a leaf, resolving its scans against `source`, and
-/// readies it to run as one stream: partitions merged in order when the
-/// fragment has an output ordering (the aggregator merges sorted runs),
-/// coalesced otherwise.
-pub fn decode_fragment(
-    bytes: &[u8],
-    ctx: &TaskContext,
-    source: Arc<dyn ScanSource>,
+/// Decodes a fragment into a template: its scans stay [`LeafScanExec`]
+/// placeholders, so it holds no rows and can be kept and bound again for
+/// every query that ships the same bytes ([`bind_fragment`]).
+pub fn decode_template(bytes: &[u8], ctx: &TaskContext) -> DfResult<Arc<dyn ExecutionPlan>> {
+    datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(bytes, ctx, &ScubaCodec)
+}
+
+/// A fragment ready to run as one stream: `template`'s scans resolved
+/// against `source` (every other node a fresh copy, so no state of an
+/// earlier run carries over), then its partitions merged in order when it
+/// has an output ordering (the aggregator merges sorted runs), coalesced
+/// otherwise.
+pub fn bind_fragment(
+    template: &Arc<dyn ExecutionPlan>,
+    source: &dyn ScanSource,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let codec = ScubaCodec::for_leaf(source);
-    let plan =
-        datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(bytes, ctx, &codec)?;
+    let plan = fresh_copy(template, &mut |node| {
+        let Some(scan) = node.downcast_ref::<LeafScanExec>() else {
+            return Ok(None);
+        };
+        let batches = source
+            .scan(&scan.table, &scan.schema)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let mut partitions: Vec<Vec<RecordBatch>> = vec![Vec::new(); LEAF_SCAN_PARTITIONS];
+        for (i, b) in batches.into_iter().enumerate() {
+            partitions[i % LEAF_SCAN_PARTITIONS].push(b);
+        }
+        let exec: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&partitions, Arc::clone(&scan.schema), None)?;
+        Ok(Some(exec))
+    })?;
     let plan = count_from_row_counts(plan)?;
     if plan.output_partitioning().partition_count() <= 1 {
         return Ok(plan);
@@ -255,6 +258,47 @@ pub fn decode_fragment(
         }
         None => Arc::new(CoalescePartitionsExec::new(plan)),
     })
+}
+
+/// Decodes a fragment and binds it to `source` at once.
+pub fn decode_fragment(
+    bytes: &[u8],
+    ctx: &TaskContext,
+    source: &dyn ScanSource,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    bind_fragment(&decode_template(bytes, ctx)?, source)
+}
+
+/// A fresh copy of `plan` to execute once: every node for which `replace`
+/// gives a node is replaced by it, and every other node is rebuilt with its
+/// state reset (a top-k's dynamic filter, metrics), keeping its computed
+/// properties. Replacements must have the properties of what they replace
+/// (the same partitions, no ordering that was not there): nothing above
+/// them is planned again, which is what makes a kept plan cheap to reuse.
+pub fn fresh_copy<F>(
+    plan: &Arc<dyn ExecutionPlan>,
+    replace: &mut F,
+) -> DfResult<Arc<dyn ExecutionPlan>>
+where
+    F: FnMut(&Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPlan>>>,
+{
+    if let Some(new) = replace(plan)? {
+        return Ok(new);
+    }
+    let children = plan.children();
+    if children.is_empty() {
+        return Arc::clone(plan).reset_state();
+    }
+    let children = children
+        .into_iter()
+        .map(|c| fresh_copy(c, replace))
+        .collect::<DfResult<Vec<_>>>()?;
+    Arc::clone(plan)
+        .replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
+        )?
+        .reset_state()
 }
 
 /// Answers a partial `count(*)` over a whole table (no GROUP BY, no WHERE)

@@ -21,13 +21,14 @@ use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use scuba::limits::{BATCH_IDS_REMEMBERED_MAX, LEAF_TABLES_MAX};
 use scuba::schema::{check_name, ColumnType};
 use scuba::wire::{BatchId, LeafStats, TableStats};
 
 use crate::error::{LeafError, Result};
-use crate::fragment::{decode_fragment, ScanSource};
+use crate::fragment::{bind_fragment, decode_template, ScanSource};
 use crate::handoff::{self, Manifest};
 use crate::log::{FsyncPolicy, Log, Recovery};
 use crate::table::{BlockStore, Expired, Table};
@@ -260,6 +261,9 @@ pub struct Leaf {
     /// copies the whole session (every function registry), which took a
     /// tenth of a `count(*)`'s time at the leaf.
     task: Arc<TaskContext>,
+    /// Fragments decoded before, by their bytes: a repeated query (a
+    /// dashboard's) skips decoding and is only bound to the blocks.
+    fragments: std::sync::Mutex<lru::LruCache<Vec<u8>, Arc<dyn ExecutionPlan>>>,
     /// Records from the last moments before a crash, held back until peers
     /// say which of them a client already placed elsewhere (see
     /// [`Leaf::settle`]).
@@ -406,6 +410,10 @@ impl Leaf {
             pending: std::sync::Mutex::new(pending),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             task: SessionContext::new_with_config(config).task_ctx(),
+            fragments: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(scuba::limits::FRAGMENT_CACHE_ENTRIES_MAX)
+                    .expect("a bound above 0"),
+            )),
         });
         if adopted {
             let checking = Arc::clone(&leaf);
@@ -919,11 +927,12 @@ impl Leaf {
     ) -> Result<(u64, SendableRecordBatchStream)> {
         self.check_serving()?;
         let task = Arc::clone(&self.task);
-        let source = Arc::new(LeafScan {
+        let source = LeafScan {
             leaf: Arc::clone(self),
             rows_seen: std::sync::Mutex::new(None),
-        });
-        let plan = decode_fragment(plan, &task, Arc::clone(&source) as Arc<dyn ScanSource>)?;
+        };
+        let template = self.fragment_template(plan)?;
+        let plan = bind_fragment(&template, &source)?;
         let rows = source
             .rows_seen
             .lock()
@@ -931,6 +940,28 @@ impl Leaf {
             .unwrap_or_else(|| self.table_rows(table));
         let stream = datafusion::physical_plan::execute_stream(plan, task)?;
         Ok((rows, stream))
+    }
+}
+
+impl Leaf {
+    /// `bytes` decoded, from the cache when it was decoded before.
+    fn fragment_template(&self, bytes: &[u8]) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(t) = self.fragments.lock().expect("poisoned").get(bytes) {
+            return Ok(Arc::clone(t));
+        }
+        let template = decode_template(bytes, &self.task)?;
+        if bytes.len() <= scuba::limits::FRAGMENT_CACHE_PLAN_BYTES_MAX {
+            self.fragments
+                .lock()
+                .expect("poisoned")
+                .put(bytes.to_vec(), Arc::clone(&template));
+        }
+        Ok(template)
+    }
+
+    /// Fragments kept decoded now.
+    pub fn fragments_kept(&self) -> usize {
+        self.fragments.lock().expect("poisoned").len()
     }
 }
 

@@ -9,7 +9,8 @@
 //!                                                           (IPC file in /dev/shm, mapped, used in place)
 //!
 //!  Fragment{plan} ──server──> Leaf::run_fragment
-//!        │ fragment::decode_fragment: LeafScanExec -> scan of this leaf's blocks;
+//!        │ fragment::decode_template (or the one kept for the same bytes),
+//!        │ fragment::bind_fragment: LeafScanExec -> scan of this leaf's blocks;
 //!        │ a partial count(*) over a whole table -> the scan's exact row count
 //!        v
 //!  DataFusion runs the fragment (filter, partial aggregate, top-k)
