@@ -159,20 +159,29 @@ impl QuicTransport {
         }
         *slot = None;
         let addr = self.leaves[leaf].1;
-        // A handshake sent to a closed port is lost and retried only after
-        // QUIC's timeouts; a refused probe says at once nobody is there.
-        if probe(addr).await == Liveness::Refused {
-            return Err(MissingReason::Unreachable);
-        }
         // A handshake that times out is a silent leaf (it may be stopped);
         // one that fails is an unreachable one.
-        let conn = tokio::time::timeout(
+        let handshake = tokio::time::timeout(
             Duration::from_millis(CONNECT_TIMEOUT_MS),
             connect(&self.endpoint, addr),
-        )
-        .await
-        .map_err(|_| MissingReason::Timeout)?
-        .map_err(|_| MissingReason::Unreachable)?;
+        );
+        // A handshake sent to a closed port is lost and retried only after
+        // QUIC's timeouts; a refused probe says at once nobody is there. The
+        // probe runs beside the handshake, not before it: a live leaf never
+        // answers a probe, so waiting for one cost every new connection the
+        // probe's whole timeout (50 ms at the start of every ingest).
+        let refused = async {
+            if probe(addr).await == Liveness::Refused {
+                return;
+            }
+            std::future::pending::<()>().await
+        };
+        let conn = tokio::select! {
+            done = handshake => done
+                .map_err(|_| MissingReason::Timeout)?
+                .map_err(|_| MissingReason::Unreachable)?,
+            () = refused => return Err(MissingReason::Unreachable),
+        };
         *slot = Some(conn.clone());
         Ok(conn)
     }

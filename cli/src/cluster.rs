@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use scuba_aggregator::config::{AggregatorConfig, ClusterConfig, LeafConfig};
-use scuba_aggregator::transport::{probe, LeafTransport, Liveness, QuicTransport};
+use scuba_aggregator::transport::{LeafTransport, QuicTransport};
 use scuba_leaf::net::{client_endpoint, TlsFiles};
 
 pub const CLUSTER_FILE: &str = "cluster.toml";
@@ -219,19 +219,17 @@ pub async fn restart_leaf(dir: &Path, id: &str, handoff: bool, fsync: &str) -> R
         .collect();
     let transport = QuicTransport::new(client_endpoint(&tls)?, leaves);
     let deadline = Instant::now() + Duration::from_millis(STARTUP_TIMEOUT_MS * 10);
-    let addr = config.leaves[index].addr;
     loop {
-        // Connect only once something holds the port: a handshake sent to a
-        // free port is lost and retried only after QUIC's first timeout.
-        if probe(addr).await != Liveness::Refused {
-            if let Ok(Ok(stats)) =
-                tokio::time::timeout(Duration::from_millis(500), transport.stats(index)).await
+        // While nothing holds the port, the transport's probe beside the
+        // handshake says so at once (a handshake sent to a free port is lost
+        // and retried only after QUIC's first timeout).
+        if let Ok(Ok(stats)) =
+            tokio::time::timeout(Duration::from_millis(500), transport.stats(index)).await
+        {
+            if Some(stats.pid as i32) != old_pid
+                && (new_pid.is_none() || Some(stats.pid as i32) == new_pid)
             {
-                if Some(stats.pid as i32) != old_pid
-                    && (new_pid.is_none() || Some(stats.pid as i32) == new_pid)
-                {
-                    return Ok(started.elapsed().as_millis() as u64);
-                }
+                return Ok(started.elapsed().as_millis() as u64);
             }
         }
         if Instant::now() > deadline {

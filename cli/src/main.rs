@@ -261,6 +261,10 @@ impl Fsync {
     }
 }
 
+/// How long a leaf that is exiting lets its close packets leave before it
+/// frees its port.
+const LEAF_CLOSE_GRACE_MS: u64 = 5;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -611,9 +615,16 @@ async fn leaf_serve(
         }
     }
     endpoint.close(0u32.into(), b"shutdown");
-    // Let the close reach peers, but free the port quickly: a successor
-    // is waiting for it.
-    let _ = tokio::time::timeout(std::time::Duration::from_millis(20), endpoint.wait_idle()).await;
+    // Let the close reach peers (so they reconnect at once instead of
+    // waiting out an idle timeout), but free the port quickly: a successor
+    // is waiting for it. The close packets leave as soon as each
+    // connection's task runs; waiting for idle would take three round-trip
+    // timeouts.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_millis(LEAF_CLOSE_GRACE_MS),
+        endpoint.wait_idle(),
+    )
+    .await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -783,6 +794,12 @@ async fn ingest_cmd(
 ) -> Result<ExitCode> {
     let config = client::load_config(&at.file())?;
     let transport: Arc<dyn LeafTransport> = Arc::new(client::leaf_transport(&config)?);
+    // The aggregator is told about new tables and columns at the end; its
+    // handshake is done meanwhile.
+    let aggregator = {
+        let config = config.clone();
+        tokio::spawn(async move { client::Client::connect_config(&config).await })
+    };
     let options = IngestOptions {
         table: table.clone(),
         format: match format {
@@ -828,7 +845,7 @@ async fn ingest_cmd(
         p.finish_and_clear();
     }
     // Let the aggregator see new tables and columns at once.
-    if let Ok(c) = client::Client::connect_config(&config).await {
+    if let Ok(Ok(c)) = aggregator.await {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), c.refresh()).await;
     }
     println!(
