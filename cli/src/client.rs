@@ -15,7 +15,8 @@ use scuba::Coverage;
 use scuba_aggregator::config::ClusterConfig;
 use scuba_aggregator::transport::QuicTransport;
 use scuba_leaf::net::{
-    client_endpoint, connect, read_end, read_frame, read_last_frame, request, TlsFiles,
+    brief_client_endpoint, client_endpoint, connect, read_end, read_frame, read_last_frame,
+    request, TlsFiles,
 };
 
 pub struct Client {
@@ -70,7 +71,7 @@ impl Client {
     /// Connects presenting another node's certificate (a leaf telling the
     /// aggregator it restarts).
     pub async fn connect_as(config: &ClusterConfig, tls: &TlsFiles) -> Result<Client> {
-        let endpoint = client_endpoint(tls)?;
+        let endpoint = brief_client_endpoint(tls)?;
         let addr = config.aggregator.addr;
         let conn = tokio::time::timeout(Duration::from_secs(3), connect(&endpoint, addr))
             .await

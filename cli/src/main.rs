@@ -274,7 +274,13 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // A query or a status is one request and its answer: one thread runs
+    // it without starting workers or waking them across threads.
+    let mut builder = if cli.command.is_one_request() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     if let Some(n) = cli.command.threads() {
         builder.worker_threads(n.max(1));
     }
@@ -298,6 +304,18 @@ fn main() -> ExitCode {
 }
 
 impl Command {
+    /// Whether the command sends one request and prints its answer.
+    fn is_one_request(&self) -> bool {
+        matches!(
+            self,
+            Command::Query { .. }
+                | Command::Cluster {
+                    command: ClusterCommand::Status { .. },
+                    ..
+                }
+        )
+    }
+
     /// The worker threads a server was asked to run with.
     fn threads(&self) -> Option<usize> {
         match self {

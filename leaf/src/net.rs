@@ -109,6 +109,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn transport() -> Arc<TransportConfig> {
+    Arc::new(transport_config())
+}
+
+fn transport_config() -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into());
     t.max_concurrent_uni_streams(0u32.into());
@@ -121,7 +125,7 @@ fn transport() -> Arc<TransportConfig> {
     t.stream_receive_window((16u32 << 20).into());
     t.receive_window((64u32 << 20).into());
     t.send_window(64 << 20);
-    Arc::new(t)
+    t
 }
 
 /// A server endpoint that accepts only peers whose certificates the cluster
@@ -169,6 +173,20 @@ fn reset_key(files: &TlsFiles) -> Result<Arc<dyn quinn::crypto::HmacKey>> {
 
 /// A client endpoint presenting this node's certificate.
 pub fn client_endpoint(files: &TlsFiles) -> Result<Endpoint> {
+    client_endpoint_with(files, transport())
+}
+
+/// A client endpoint for a connection that lives for one request (a
+/// `scubactl query`): it does not probe for a larger packet size, which
+/// cost four packets and their acknowledgements right after every
+/// handshake and pays off only over many packets.
+pub fn brief_client_endpoint(files: &TlsFiles) -> Result<Endpoint> {
+    let mut t = transport_config();
+    t.mtu_discovery_config(None);
+    client_endpoint_with(files, Arc::new(t))
+}
+
+fn client_endpoint_with(files: &TlsFiles, transport: Arc<TransportConfig>) -> Result<Endpoint> {
     let (roots, chain, key) = load(files)?;
     let mut crypto = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -180,7 +198,7 @@ pub fn client_endpoint(files: &TlsFiles) -> Result<Endpoint> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
         .map_err(|e| LeafError::Net(e.to_string()))?;
     let mut config = ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport);
     // Any local address, so peers on other machines are reachable: both
     // families where the system has IPv6, IPv4 alone where it has not.
     let socket = udp_socket("[::]:0".parse().expect("valid"))
