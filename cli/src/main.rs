@@ -459,6 +459,7 @@ async fn cluster_cmd(command: ClusterCommand, at: Where) -> Result<ExitCode> {
             let config = client::load_config(&at.file())?;
             let client = client::Client::connect_config(&config).await?;
             let status = client.status().await?;
+            client.close().await;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status_json(&status))?);
             } else {
@@ -865,6 +866,7 @@ async fn ingest_cmd(
     // Let the aggregator see new tables and columns at once.
     if let Ok(Ok(c)) = aggregator.await {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), c.refresh()).await;
+        c.close().await;
     }
     println!(
         "table {table}: {} rows {}, {} rows rejected, {} batches ({} retried), {:.2} s, {:.0} rows/s",
@@ -911,6 +913,7 @@ async fn repeat_query(
         }
         latencies_ms.push(started.elapsed().as_secs_f64() * 1000.0);
     }
+    client.close().await;
     latencies_ms.sort_by(f64::total_cmp);
     let at_q = |q: f64| latencies_ms[((latencies_ms.len() as f64 - 1.0) * q).round() as usize];
     eprintln!(
@@ -945,7 +948,9 @@ async fn query_cmd(
         min_coverage,
         estimate,
     };
-    match client.query(request).await {
+    let answer = client.query(request).await;
+    client.close().await;
+    match answer {
         Ok(answer) => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
