@@ -863,10 +863,22 @@ async fn ingest_cmd(
     if let Some(p) = progress {
         p.finish_and_clear();
     }
-    // Let the aggregator see new tables and columns at once.
-    if let Ok(Ok(c)) = aggregator.await {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), c.refresh()).await;
+    // Let the aggregator see new tables and columns at once: over the
+    // connection made meanwhile, or a new one if that one is gone (a long
+    // ingest may outlive an aggregator's restart).
+    let refresh = |c: client::Client| async move {
+        let done = tokio::time::timeout(std::time::Duration::from_secs(3), c.refresh()).await;
         c.close().await;
+        matches!(done, Ok(Ok(())))
+    };
+    let refreshed = match aggregator.await {
+        Ok(Ok(c)) => refresh(c).await,
+        _ => false,
+    };
+    if !refreshed {
+        if let Ok(c) = client::Client::connect_config(&config).await {
+            refresh(c).await;
+        }
     }
     println!(
         "table {table}: {} rows {}, {} rows rejected, {} batches ({} retried), {:.2} s, {:.0} rows/s",
