@@ -300,6 +300,11 @@ pub async fn up(
     new: &NewCluster,
     fsync: &str,
 ) -> Result<ClusterConfig> {
+    // Concurrent `cluster up`s (the tests start several at once) could give
+    // two nodes the same port: each checks that a port is free before any
+    // node has bound it. One at a time, from choosing ports until every
+    // node answers.
+    let _ports = ports_lock()?;
     let file = dir.join(CLUSTER_FILE);
     let config = if file.exists() {
         let c = ClusterConfig::load(&file)?;
@@ -344,6 +349,21 @@ pub async fn up(
         eprintln!("started {}", started.join(", "));
     }
     Ok(config)
+}
+
+/// This machine's lock for choosing and binding node ports, held while the
+/// returned file is open.
+fn ports_lock() -> Result<std::fs::File> {
+    let path = std::env::temp_dir().join("scuba-cluster-up.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
 }
 
 /// Every leaf is up in the aggregator's eyes, and it has heard from the
