@@ -25,19 +25,31 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<FRAME_BYTES_MAX>()
 }
 
-/// Encodes a message as a length-prefixed frame. Sized first (cheap: byte
-/// fields are counted, not copied), so the frame is allocated once instead
-/// of grown by copying.
+/// Encodes a message as a length-prefixed frame.
 pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    encode_frame_into(&mut out, message)?;
+    Ok(out)
+}
+
+/// Appends `message` to `out` as a length-prefixed frame, so several frames
+/// go out in one write without being copied together. Sized first (cheap:
+/// byte fields are counted, not copied), so `out` grows once instead of by
+/// copying. On an error `out` is left as it was.
+pub fn encode_frame_into<T: Serialize>(out: &mut Vec<u8>, message: &T) -> Result<()> {
     let failed = |e: bincode::error::EncodeError| Error::Internal(format!("encoding a frame: {e}"));
     let mut size = bincode::enc::write::SizeWriter::default();
     bincode::serde::encode_into_writer(message, &mut size, config()).map_err(failed)?;
-    let mut out = Vec::with_capacity(FRAME_PREFIX_BYTES + size.bytes_written);
+    let start = out.len();
+    out.reserve(FRAME_PREFIX_BYTES + size.bytes_written);
     out.extend_from_slice(&[0u8; FRAME_PREFIX_BYTES]);
-    bincode::serde::encode_into_std_write(message, &mut out, config()).map_err(failed)?;
-    let len = out.len() - FRAME_PREFIX_BYTES;
-    write_prefix(&mut out, len)?;
-    Ok(out)
+    let written = bincode::serde::encode_into_std_write(message, &mut *out, config())
+        .map_err(failed)
+        .and_then(|len| write_prefix(&mut out[start..], len));
+    if written.is_err() {
+        out.truncate(start);
+    }
+    written
 }
 
 /// Writes a frame's length into its prefix, refusing a frame over
@@ -326,6 +338,43 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn frames_appended_to_one_buffer_read_back_in_order() {
+        let messages = [
+            Response::Ok,
+            Response::FragmentDone { table_rows: 7 },
+            Response::Batches(vec![9; 1000]),
+        ];
+        let mut out = vec![1, 2, 3]; // what was there before stays
+        for m in &messages {
+            encode_frame_into(&mut out, m).unwrap();
+        }
+        let mut rest = &out[3..];
+        for m in &messages {
+            let len = frame_len(rest[..FRAME_PREFIX_BYTES].try_into().unwrap()).unwrap();
+            let payload = &rest[FRAME_PREFIX_BYTES..FRAME_PREFIX_BYTES + len];
+            assert_eq!(
+                format!("{:?}", decode_payload::<Response>(payload).unwrap()),
+                format!("{m:?}")
+            );
+            assert_eq!(&rest[..FRAME_PREFIX_BYTES + len], encode_frame(m).unwrap());
+            rest = &rest[FRAME_PREFIX_BYTES + len..];
+        }
+        assert!(rest.is_empty());
+        assert_eq!(&out[..3], &[1, 2, 3]);
+    }
+
+    #[test]
+    fn a_frame_too_large_leaves_the_buffer_as_it_was() {
+        let mut out = vec![4, 5];
+        let huge = Response::Batches(vec![0; FRAME_BYTES_MAX + 1]);
+        assert!(matches!(
+            encode_frame_into(&mut out, &huge),
+            Err(Error::FrameTooLarge { .. }) | Err(Error::Internal(_))
+        ));
+        assert_eq!(out, vec![4, 5]);
     }
 
     #[test]

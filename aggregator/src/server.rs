@@ -5,7 +5,7 @@ use std::sync::Arc;
 use quinn::{Endpoint, RecvStream, SendStream};
 use scuba::limits::SQL_BYTES_MAX;
 use scuba::wire::{ErrorKind, Request, Response, WireError, PROTOCOL_VERSION};
-use scuba_leaf::net::{push_frame, read_end, read_frame, write_last};
+use scuba_leaf::net::{push_frame, read_end, read_frame, write_bytes, write_last};
 
 use crate::engine::{Aggregator, QueryOptions};
 use crate::error::Result;
@@ -86,9 +86,7 @@ async fn handle(agg: Arc<Aggregator>, mut send: SendStream, mut recv: RecvStream
                             let ipc = scuba::ipc::batches_to_ipc(&answer.schema, chunk)?;
                             push_frame(&mut out, &Response::Batches(ipc))?;
                             if out.len() >= REPLY_WRITE_BYTES {
-                                send.write_all(&out).await.map_err(|e| {
-                                    scuba_leaf::LeafError::Net(format!("writing a reply: {e}"))
-                                })?;
+                                write_bytes(&mut send, &out).await?;
                                 out.clear();
                             }
                         }

@@ -23,7 +23,7 @@ use quinn::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use scuba::wire::{decode_payload, encode_frame, frame_len, FRAME_PREFIX_BYTES};
+use scuba::wire::{decode_payload, encode_frame, encode_frame_into, frame_len, FRAME_PREFIX_BYTES};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -224,18 +224,17 @@ pub async fn connect(endpoint: &Endpoint, addr: SocketAddr) -> Result<Connection
         .map_err(|e| LeafError::Net(format!("connecting to {addr}: {e}")))
 }
 
-pub async fn write_frame<T: Serialize>(send: &mut SendStream, message: &T) -> Result<()> {
-    let frame = encode_frame(message)?;
-    send.write_all(&frame)
-        .await
-        .map_err(|e| LeafError::Net(format!("writing a frame: {e}")))
+/// Appends `message` to `out` as a frame, to send several frames in one
+/// write.
+pub fn push_frame<T: Serialize>(out: &mut Vec<u8>, message: &T) -> Result<()> {
+    Ok(encode_frame_into(out, message)?)
 }
 
-/// Encodes `message` as a frame appended to `out`, to send several frames
-/// in one write.
-pub fn push_frame<T: Serialize>(out: &mut Vec<u8>, message: &T) -> Result<()> {
-    out.extend_from_slice(&encode_frame(message)?);
-    Ok(())
+/// Writes frames gathered with [`push_frame`].
+pub async fn write_bytes(send: &mut SendStream, bytes: &[u8]) -> Result<()> {
+    send.write_all(bytes)
+        .await
+        .map_err(|e| LeafError::Net(format!("writing a frame: {e}")))
 }
 
 /// Writes a stream's last bytes and finishes it at once, so the end
@@ -243,9 +242,7 @@ pub fn push_frame<T: Serialize>(out: &mut Vec<u8>, message: &T) -> Result<()> {
 /// connection; a finish that comes after an `await` often goes out in a
 /// packet of its own, which the peer must receive and acknowledge.)
 pub async fn write_last(send: &mut SendStream, bytes: &[u8]) -> Result<()> {
-    send.write_all(bytes)
-        .await
-        .map_err(|e| LeafError::Net(format!("writing a frame: {e}")))?;
+    write_bytes(send, bytes).await?;
     let _ = send.finish();
     Ok(())
 }

@@ -16,7 +16,7 @@ use scuba::wire::{
 use crate::error::{LeafError, Result};
 use crate::leaf::{IngestOutcome, Leaf};
 use crate::net::{
-    push_frame, read_end, read_payload, server_endpoint, write_frame, write_last, TlsFiles,
+    push_frame, read_end, read_payload, server_endpoint, write_bytes, write_last, TlsFiles,
 };
 
 /// Bytes of result batches per `Batches` frame.
@@ -230,6 +230,9 @@ fn request_name(r: &Request) -> &'static str {
     }
 }
 
+/// Runs a fragment and gathers its reply in `last`: batches in frames of
+/// about [`REPLY_CHUNK_BYTES`], each full frame written at once, and the
+/// last one with the terminal frame left for the stream's end.
 async fn run_fragment(
     leaf: &Arc<Leaf>,
     table: &str,
@@ -250,34 +253,33 @@ async fn run_fragment(
         pending_bytes += batch.get_array_memory_size();
         pending.push(batch);
         if pending_bytes >= REPLY_CHUNK_BYTES {
-            sent_bytes += flush(send, &schema, &mut pending).await?;
+            push_batches(last, &schema, &mut pending)?;
             pending_bytes = 0;
+            sent_bytes += last.len();
             if sent_bytes > REPLY_BYTES_MAX {
                 return Err(LeafError::ReplyTooLarge {
                     max_bytes: REPLY_BYTES_MAX,
                 });
             }
+            write_bytes(send, last).await?;
+            last.clear();
         }
     }
-    // The last batches and the terminal frame go out with the stream's end.
-    if !pending.is_empty() {
-        let ipc = scuba::ipc::batches_to_ipc(&schema, &pending)?;
-        push_frame(last, &Response::Batches(ipc))?;
-    }
+    push_batches(last, &schema, &mut pending)?;
     push_frame(last, &Response::FragmentDone { table_rows })
 }
 
-async fn flush(
-    send: &mut SendStream,
+/// Appends `pending` (emptied) to `out` as one `Batches` frame; nothing
+/// when there are none.
+fn push_batches(
+    out: &mut Vec<u8>,
     schema: &datafusion::arrow::datatypes::SchemaRef,
     pending: &mut Vec<RecordBatch>,
-) -> Result<usize> {
+) -> Result<()> {
     if pending.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
     let ipc = scuba::ipc::batches_to_ipc(schema, pending)?;
     pending.clear();
-    let n = ipc.len();
-    write_frame(send, &Response::Batches(ipc)).await?;
-    Ok(n)
+    push_frame(out, &Response::Batches(ipc))
 }
