@@ -7,8 +7,10 @@
 #
 # Each round, for each build: a fresh 4-leaf cluster, 2M `scubactl gen`
 # events ingested (rows/s, the client's CPU, the servers' CPU from
-# /proc/PID/stat, UDP datagrams dropped for full socket buffers), then `scubactl query --repeat 41` p50s of three queries,
-# then `--dry-run` CPU of the decode alone. Compare the medians per build.
+# /proc/PID/stat, UDP datagrams dropped for full socket buffers), then
+# `scubactl query --repeat` p50s of the six queries of benches/compare.sh
+# (1001 runs of `count(*)`, 41 of the others), then `--dry-run` CPU of the
+# decode alone. Compare the medians per build.
 set -euo pipefail
 OLD=$1 NEW=$2 ROUNDS=${3:-3}
 data="$(mktemp --suffix=.jsonl)"
@@ -24,9 +26,13 @@ servers_cs() { # CPU centiseconds of the cluster's servers so far
 udp_drops() { # datagrams the kernel dropped for full socket buffers, so far
     awk '/^Udp:/ {getline; print $6; exit}' /proc/net/snmp
 }
+# The scuba SQL of benches/compare.py's QUERIES, in its order.
 QUERIES=("SELECT count(*) FROM events"
-         "SELECT service, count(*), avg(latency_ms) FROM events GROUP BY service"
-         "SELECT service, count(*), avg(latency_ms) FROM events WHERE status >= 500 GROUP BY service")
+         "SELECT service, avg(latency_ms) FROM events GROUP BY service"
+         "SELECT service, count(*), avg(latency_ms) FROM events WHERE status >= 500 GROUP BY service"
+         "SELECT date_bin(INTERVAL '1 minute', time) AS minute, count(*) FROM events GROUP BY 1 ORDER BY 1"
+         "SELECT user_id, sum(bytes) AS total FROM events GROUP BY user_id ORDER BY total DESC LIMIT 10"
+         "SELECT count(DISTINCT user_id) FROM events")
 for r in $(seq "$ROUNDS"); do
     for build in old new; do
         S=$OLD; [ "$build" = new ] && S=$NEW
@@ -40,10 +46,11 @@ for r in $(seq "$ROUNDS"); do
         drops_b=$(udp_drops)
         p50s=""
         for q in "${QUERIES[@]}"; do
-            p50s="$p50s $("$S" query --dir "$d" --repeat 41 "$q" 2>&1 >/dev/null | grep -o 'p50_ms=[0-9.]*' | cut -d= -f2)"
+            runs=41; [ "$q" = "${QUERIES[0]}" ] && runs=1001
+            p50s="$p50s $("$S" query --dir "$d" --repeat "$runs" "$q" 2>&1 >/dev/null | grep -o 'p50_ms=[0-9.]*' | cut -d= -f2)"
         done
         dry=$( { /usr/bin/time -f "%U" "$S" ingest --table events --dry-run --dir "$d" < "$data" >/dev/null; } 2>&1 | tail -1)
-        echo "round $r $build: $(echo "$out" | grep -o '[0-9]* rows/s') $(echo "$out" | grep -o 'client_cpu_s [0-9.+]*') servers_cpu_cs $((b - a)) udp_rcvbuf_drops $((drops_b - drops_a)) | query p50 ms (count, group by, filtered):$p50s | dry-run user s $dry"
+        echo "round $r $build: $(echo "$out" | grep -o '[0-9]* rows/s') $(echo "$out" | grep -o 'client_cpu_s [0-9.+]*') servers_cpu_cs $((b - a)) udp_rcvbuf_drops $((drops_b - drops_a)) | query p50 ms (count, group by, filtered, per minute, top 10, distinct):$p50s | dry-run user s $dry"
         "$S" cluster down --dir "$d" >/dev/null 2>&1 || true
         rm -rf "$d"
     done
