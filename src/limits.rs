@@ -18,6 +18,11 @@ pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Rows in one sealed block of a leaf table.
 pub const BLOCK_ROWS_MAX: usize = 64 * 1024;
 
+/// Rows below which the batches of a sealed block are joined with their
+/// neighbours (a block keeps ingest batches as they came when they are at
+/// least this big, and copies only runs of smaller ones together).
+pub const BLOCK_BATCH_ROWS_MIN: usize = 4 * 1024;
+
 /// Columns in one table; a batch that would add more is refused.
 pub const TABLE_COLUMNS_MAX: usize = 1024;
 

@@ -992,7 +992,7 @@ impl ScanSource for LeafScan {
             })
         };
         for block in &unchecked {
-            block.batch()?;
+            block.batches()?;
         }
         let state = self.leaf.state.read().expect("leaf state poisoned");
         // Under the lock: a recovery in place says so before it empties

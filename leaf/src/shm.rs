@@ -2,9 +2,9 @@
 //! and decoded in place. All of the leaf's `unsafe` code lives here.
 //!
 //! ```text
-//!  seal:  RecordBatch ──FileWriter (64-byte aligned)──> bytes ──write──> /dev/shm/.../bN.arrow
-//!                                                                          │ mmap (read-only, shared)
-//!  scan:  RecordBatch whose buffers point into the mapping  <──FileDecoder─┘ (require_alignment)
+//!  seal:  RecordBatches ──FileWriter (64-byte aligned, crc32c on the way)──write──> /dev/shm/.../bN.arrow
+//!                                                                                     │ mmap (read-only, shared)
+//!  scan:  RecordBatches whose buffers point into the mapping  <──FileDecoder──────────┘ (require_alignment)
 //! ```
 //!
 //! A successor process maps the same files ([`Unchecked`]) and decodes them
@@ -15,11 +15,12 @@
 //! they are removed only when no process will map them again.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::buffer::Buffer;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::convert::fb_to_schema;
 use datafusion::arrow::ipc::reader::{read_footer_length, FileDecoder};
 use datafusion::arrow::ipc::root_as_footer;
@@ -41,39 +42,71 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> LeafError {
     LeafError::Internal(format!("shared memory {}: {e}", path.display()))
 }
 
-/// Encodes `batch` as an IPC file at `dir/name` and returns the batch read
-/// back from its mapping (zero-copy) with the file's description.
+/// Encodes `batches` (each of `schema`) as one IPC file at `dir/name`,
+/// straight into the file (no copy of the file's bytes on the heap), and
+/// returns them read back from its mapping (zero-copy) with the file's
+/// description.
 pub fn write_block(
     dir: &Path,
     name: &str,
-    batch: &RecordBatch,
-) -> Result<(RecordBatch, BlockFile)> {
-    let mut bytes = Vec::with_capacity(batch.get_array_memory_size() + 4096);
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<(Vec<RecordBatch>, BlockFile)> {
+    let path = dir.join(name);
+    let file = File::create(&path).map_err(|e| io_err(&path, e))?;
+    let mut out = Summed {
+        inner: BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+        crc32c: 0,
+        len_bytes: 0,
+    };
     {
-        let mut writer = FileWriter::try_new(&mut bytes, batch.schema_ref())?;
-        writer.write(batch)?;
+        let mut writer = FileWriter::try_new(&mut out, schema)?;
+        for batch in batches {
+            writer.write(batch)?;
+        }
         writer.finish()?;
     }
-    let crc32c = crc32c::crc32c(&bytes);
-    let path = dir.join(name);
-    let mut file = File::create(&path).map_err(|e| io_err(&path, e))?;
-    file.write_all(&bytes).map_err(|e| io_err(&path, e))?;
-    drop(file);
+    out.inner.flush().map_err(|e| io_err(&path, e))?;
     let description = BlockFile {
         name: name.to_string(),
-        len_bytes: bytes.len() as u64,
-        crc32c,
+        len_bytes: out.len_bytes,
+        crc32c: out.crc32c,
     };
-    drop(bytes);
-    // Just written from a batch in memory: no checksum pass here (a
+    drop(out);
+    // Just written from batches in memory: no checksum pass here (a
     // successor checks before its first use).
     let buffer = Buffer::from(bytes::Bytes::from_owner(map_file(
         &path,
         description.len_bytes,
         true,
     )?));
-    let batch = decode_single_batch(&buffer).map_err(|e| io_err(&path, e))?;
-    Ok((batch, description))
+    let batches = decode_batches(&buffer).map_err(|e| io_err(&path, e))?;
+    Ok((batches, description))
+}
+
+/// Bytes buffered between the IPC writer's small pieces (message headers,
+/// padding) and the file; column buffers larger than this go straight
+/// through.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// A writer that sums (crc32c) and counts the bytes it passes on.
+struct Summed<W> {
+    inner: W,
+    crc32c: u32,
+    len_bytes: u64,
+}
+
+impl<W: Write> Write for Summed<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc32c = crc32c::crc32c_append(self.crc32c, &buf[..n]);
+        self.len_bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Maps `path`, which must be `len_bytes` long. With `populate`, the kernel
@@ -117,9 +150,9 @@ impl Unchecked {
         })
     }
 
-    /// Checks the bytes against the listed crc32c, then decodes the batch
+    /// Checks the bytes against the listed crc32c, then decodes the batches
     /// in place (Arrow validates the layout and every value as it decodes).
-    pub fn check(self) -> Result<RecordBatch> {
+    pub fn check(self) -> Result<Vec<RecordBatch>> {
         // Read the pages in ahead of the sum rather than one fault at a
         // time (a hint: older kernels refuse it, and faults still work).
         let _ = self.mmap.advise(memmap2::Advice::PopulateRead);
@@ -128,14 +161,14 @@ impl Unchecked {
             return Err(io_err(&self.path, "checksum mismatch"));
         }
         let buffer = Buffer::from(bytes::Bytes::from_owner(self.mmap));
-        decode_single_batch(&buffer).map_err(|e| io_err(&self.path, e))
+        decode_batches(&buffer).map_err(|e| io_err(&self.path, e))
     }
 }
 
-/// Reads the one record batch of an IPC file held in `buffer`, without
-/// copying: alignment is required, so a misaligned file is an error rather
-/// than a silent copy.
-fn decode_single_batch(buffer: &Buffer) -> Result<RecordBatch> {
+/// Reads the record batches of an IPC file held in `buffer` (at least one),
+/// without copying: alignment is required, so a misaligned file is an error
+/// rather than a silent copy.
+fn decode_batches(buffer: &Buffer) -> Result<Vec<RecordBatch>> {
     let bad = |m: &str| LeafError::Internal(format!("IPC file: {m}"));
     if buffer.len() < 10 {
         return Err(bad("too short"));
@@ -158,16 +191,19 @@ fn decode_single_batch(buffer: &Buffer) -> Result<RecordBatch> {
     }
     let blocks = footer
         .recordBatches()
+        .filter(|b| !b.is_empty())
         .ok_or_else(|| bad("no record batches"))?;
-    if blocks.len() != 1 {
-        return Err(bad(&format!("{} record batches, expected 1", blocks.len())));
+    let mut batches = Vec::with_capacity(blocks.len());
+    for block in blocks.iter() {
+        let (offset, len) =
+            block_range(block, buffer.len()).ok_or_else(|| bad("batch out of range"))?;
+        batches.push(
+            decoder
+                .read_record_batch(block, &buffer.slice_with_length(offset, len))?
+                .ok_or_else(|| bad("empty batch"))?,
+        );
     }
-    let block = blocks.get(0);
-    let (offset, len) =
-        block_range(block, buffer.len()).ok_or_else(|| bad("batch out of range"))?;
-    decoder
-        .read_record_batch(block, &buffer.slice_with_length(offset, len))?
-        .ok_or_else(|| bad("empty batch"))
+    Ok(batches)
 }
 
 fn block_range(block: &datafusion::arrow::ipc::Block, total: usize) -> Option<(usize, usize)> {
@@ -183,13 +219,16 @@ mod tests {
     use datafusion::arrow::array::{Array, Int64Array, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
-    fn batch() -> RecordBatch {
-        let schema = Schema::new(vec![
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
             Field::new("a", DataType::Int64, true),
             Field::new("s", DataType::Utf8, true),
-        ]);
+        ]))
+    }
+
+    fn batch() -> RecordBatch {
         RecordBatch::try_new(
-            Arc::new(schema),
+            schema(),
             vec![
                 Arc::new(Int64Array::from(vec![Some(1), None, Some(3)])),
                 Arc::new(StringArray::from(vec!["x", "y", "z"])),
@@ -201,11 +240,24 @@ mod tests {
     #[test]
     fn written_block_reads_back_from_its_mapping() {
         let dir = tempfile::tempdir().unwrap();
-        let (mapped, file) = write_block(dir.path(), "b0.arrow", &batch()).unwrap();
-        assert_eq!(mapped, batch());
+        let (mapped, file) = write_block(dir.path(), "b0.arrow", &schema(), &[batch()]).unwrap();
+        assert_eq!(mapped, vec![batch()]);
         let again = Unchecked::map(dir.path(), &file).unwrap().check().unwrap();
-        assert_eq!(again, batch());
-        assert!(again.column(0).is_null(1));
+        assert_eq!(again, vec![batch()]);
+        assert!(again[0].column(0).is_null(1));
+    }
+
+    #[test]
+    fn a_block_of_several_batches_reads_back_as_those_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches = vec![batch(), batch().slice(1, 2), batch()];
+        let (mapped, file) = write_block(dir.path(), "b0.arrow", &schema(), &batches).unwrap();
+        assert_eq!(mapped, batches);
+        let again = Unchecked::map(dir.path(), &file).unwrap().check().unwrap();
+        assert_eq!(again, batches);
+        let on_disk = std::fs::read(dir.path().join("b0.arrow")).unwrap();
+        assert_eq!(file.len_bytes, on_disk.len() as u64);
+        assert_eq!(file.crc32c, crc32c::crc32c(&on_disk));
     }
 
     #[test]
@@ -279,17 +331,23 @@ mod tests {
             }
             let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap();
             let name = format!("b{round}.arrow");
-            let (mapped, file) = write_block(dir.path(), &name, &batch).unwrap();
-            assert_eq!(mapped, batch);
+            let (mapped, file) = write_block(
+                dir.path(),
+                &name,
+                batch.schema_ref(),
+                std::slice::from_ref(&batch),
+            )
+            .unwrap();
+            assert_eq!(mapped, vec![batch.clone()]);
             let again = Unchecked::map(dir.path(), &file).unwrap().check().unwrap();
-            assert_eq!(again, batch);
+            assert_eq!(again, vec![batch]);
         }
     }
 
     #[test]
     fn flipped_byte_fails_the_checksum() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, file) = write_block(dir.path(), "b0.arrow", &batch()).unwrap();
+        let (_, file) = write_block(dir.path(), "b0.arrow", &schema(), &[batch()]).unwrap();
         let path = dir.path().join("b0.arrow");
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[100] ^= 1;
@@ -301,7 +359,7 @@ mod tests {
     #[test]
     fn truncated_block_is_refused_before_mapping() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, file) = write_block(dir.path(), "b0.arrow", &batch()).unwrap();
+        let (_, file) = write_block(dir.path(), "b0.arrow", &schema(), &[batch()]).unwrap();
         let path = dir.path().join("b0.arrow");
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(file.len_bytes - 7).unwrap();

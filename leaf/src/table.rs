@@ -1,9 +1,10 @@
 //! A leaf's table: sealed blocks of bounded rows plus one open block.
 //!
 //! ```text
-//!  ingest batch ──append──> open block (small batches) ──seal at BLOCK_ROWS_MAX──> sealed Block
-//!                                                                                   │
-//!  scan(schema) <── every block and open batch, adapted to the asked schema ◄───────┘
+//!  ingest batch ──append──> open block (its batches) ──seal at BLOCK_ROWS_MAX──> sealed Block
+//!                                                    (runs under BLOCK_BATCH_ROWS_MIN │
+//!                                                     joined, the rest kept as came)  │
+//!  scan(schema) <── every block's and open batch, adapted to the asked schema ◄───────┘
 //! ```
 //!
 //! Blocks are immutable and each keeps the columns its rows brought; the
@@ -21,7 +22,7 @@ use datafusion::arrow::array::{Scalar, TimestampMicrosecondArray};
 use datafusion::arrow::compute::kernels::cmp::gt_eq;
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, max, min};
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
-use scuba::limits::{BLOCK_ROWS_MAX, TABLE_COLUMNS_MAX};
+use scuba::limits::{BLOCK_BATCH_ROWS_MIN, BLOCK_ROWS_MAX, TABLE_COLUMNS_MAX};
 use scuba::schema::unify_schemas;
 
 use crate::error::{LeafError, Result};
@@ -66,12 +67,13 @@ impl BlockStore {
         self.next_seq.load(Ordering::SeqCst)
     }
 
-    fn write(&self, batch: &RecordBatch) -> Result<Block> {
+    fn write(&self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Block> {
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-        let (batch, file) = write_block(&self.dir, &format!("b{seq:012}.arrow"), batch)?;
+        let (batches, file) =
+            write_block(&self.dir, &format!("b{seq:012}.arrow"), schema, batches)?;
         Ok(Block {
-            rows: batch.num_rows() as u64,
-            data: BlockData::Ready(batch),
+            rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+            data: BlockData::Ready(batches.into()),
             memory_bytes: file.len_bytes,
             file: Some(file),
             segments: Vec::new(),
@@ -81,8 +83,8 @@ impl BlockStore {
     }
 }
 
-/// A sealed, immutable run of rows: on the heap, or mapped from a file in
-/// shared memory (`file`).
+/// A sealed, immutable run of rows, as a few batches of one schema: on the
+/// heap, or mapped from a file in shared memory (`file`).
 #[derive(Debug)]
 pub struct Block {
     data: BlockData,
@@ -97,7 +99,7 @@ pub struct Block {
 
 #[derive(Debug)]
 enum BlockData {
-    Ready(RecordBatch),
+    Ready(Arc<[RecordBatch]>),
     /// Adopted from a predecessor: checked on first use (a scan, or the
     /// leaf's pass over every adopted block), under the lock so it is
     /// checked once.
@@ -107,17 +109,17 @@ enum BlockData {
 #[derive(Debug)]
 enum Adopted {
     Unchecked(Unchecked),
-    Checked(RecordBatch),
+    Checked(Arc<[RecordBatch]>),
     Refused(String),
 }
 
 impl Block {
-    pub fn new(batch: RecordBatch) -> Self {
-        let memory_bytes = batch_bytes(&batch);
-        let (time_min_us, time_max_us) = time_range(&batch);
+    pub fn new(batches: Vec<RecordBatch>) -> Self {
+        let memory_bytes = batches.iter().map(batch_bytes).sum();
+        let (time_min_us, time_max_us) = time_range(&batches);
         Block {
-            rows: batch.num_rows() as u64,
-            data: BlockData::Ready(batch),
+            rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+            data: BlockData::Ready(batches.into()),
             memory_bytes,
             file: None,
             segments: Vec::new(),
@@ -126,11 +128,12 @@ impl Block {
         }
     }
 
-    /// The block's rows; an adopted block is checked first (crc32c, then
-    /// Arrow's validation), and one that fails is never read.
-    pub fn batch(&self) -> Result<RecordBatch> {
+    /// The block's rows (shared, not copied); an adopted block is checked
+    /// first (crc32c, then Arrow's validation), and one that fails is never
+    /// read.
+    pub fn batches(&self) -> Result<Arc<[RecordBatch]>> {
         let lock = match &self.data {
-            BlockData::Ready(batch) => return Ok(batch.clone()),
+            BlockData::Ready(batches) => return Ok(Arc::clone(batches)),
             BlockData::Adopted(lock) => lock,
         };
         let mut adopted = lock.lock().expect("block check poisoned");
@@ -140,7 +143,7 @@ impl Block {
                 done => {
                     *adopted = done;
                     return match &*adopted {
-                        Adopted::Checked(batch) => Ok(batch.clone()),
+                        Adopted::Checked(batches) => Ok(Arc::clone(batches)),
                         Adopted::Refused(reason) => Err(self.refused(reason)),
                         Adopted::Unchecked(_) => unreachable!("replaced above"),
                     };
@@ -150,13 +153,16 @@ impl Block {
         // block (and keeps this lock usable) instead of killing the check.
         let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unchecked.check()))
             .unwrap_or_else(|_| Err(LeafError::Internal("checking the block panicked".into())));
+        let rows =
+            |batches: &[RecordBatch]| -> u64 { batches.iter().map(|b| b.num_rows() as u64).sum() };
         match checked {
-            Ok(batch) if batch.num_rows() as u64 == self.rows => {
-                *adopted = Adopted::Checked(batch.clone());
-                Ok(batch)
+            Ok(batches) if rows(&batches) == self.rows => {
+                let batches: Arc<[RecordBatch]> = batches.into();
+                *adopted = Adopted::Checked(Arc::clone(&batches));
+                Ok(batches)
             }
-            Ok(batch) => {
-                let reason = format!("{} rows, the manifest says {}", batch.num_rows(), self.rows);
+            Ok(batches) => {
+                let reason = format!("{} rows, the manifest says {}", rows(&batches), self.rows);
                 let e = self.refused(&reason);
                 *adopted = Adopted::Refused(reason);
                 Err(e)
@@ -207,7 +213,7 @@ pub fn check_blocks(blocks: &[Arc<Block>]) -> Result<()> {
                 while failed.lock().expect("poisoned").is_none() {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(block) = blocks.get(i) else { break };
-                    if let Err(e) = block.batch() {
+                    if let Err(e) = block.batches() {
                         failed.lock().expect("poisoned").get_or_insert(e);
                     }
                 }
@@ -241,12 +247,14 @@ fn time_column(batch: &RecordBatch) -> Option<&TimestampMicrosecondArray> {
         .find_map(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
 }
 
-/// Oldest and newest time in a batch.
-pub fn time_range(batch: &RecordBatch) -> (Option<i64>, Option<i64>) {
-    match time_column(batch) {
-        Some(t) => (min(t), max(t)),
-        None => (None, None),
+/// Oldest and newest time in some batches.
+pub fn time_range(batches: &[RecordBatch]) -> (Option<i64>, Option<i64>) {
+    let (mut lo, mut hi) = (None, None);
+    for t in batches.iter().filter_map(time_column) {
+        lo = lo.into_iter().chain(min(t)).min();
+        hi = hi.into_iter().chain(max(t)).max();
     }
+    (lo, hi)
 }
 
 /// Rows of `batch` at or after `cutoff_us` (all of them when it has no time).
@@ -385,27 +393,43 @@ impl Table {
         for b in &self.open {
             schema = unify_schemas(&self.name, &schema, b.schema_ref())?;
         }
-        let adapted = self
-            .open
-            .iter()
-            .map(|b| adapt(b, &schema))
-            .collect::<Result<Vec<_>>>()?;
-        let mut batch = concat_batches(&schema, &adapted)?;
-        if let Some(cutoff) = cutoff_us {
-            let kept = keep_since(&batch, cutoff)?;
-            expired.rows = (batch.num_rows() - kept.num_rows()) as u64;
-            batch = kept;
+        // The open batches go into the block as they are (no copy on the
+        // heap: the store writes them straight to its file); only runs of
+        // small ones are joined, so a block never holds many tiny batches.
+        let mut batches = Vec::new();
+        let mut run: Vec<RecordBatch> = Vec::new();
+        let mut run_rows = 0;
+        let mut kept_rows = 0;
+        for open in &self.open {
+            let mut batch = adapt(open, &schema)?;
+            if let Some(cutoff) = cutoff_us {
+                batch = keep_since(&batch, cutoff)?;
+            }
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            kept_rows += batch.num_rows();
+            run_rows += batch.num_rows();
+            run.push(batch);
+            if run_rows >= BLOCK_BATCH_ROWS_MIN {
+                batches.push(join(&schema, std::mem::take(&mut run))?);
+                run_rows = 0;
+            }
         }
+        if !run.is_empty() {
+            batches.push(join(&schema, run)?);
+        }
+        expired.rows = (self.open_rows - kept_rows) as u64;
         let segments = count_segments(&self.open_segments);
         self.rows -= expired.rows;
         self.rows_expired += expired.rows;
-        if batch.num_rows() == 0 {
+        if batches.is_empty() {
             expired.segments = segments;
         } else {
-            let time = time_range(&batch);
+            let time = time_range(&batches);
             let mut block = match store {
-                Some(store) => store.write(&batch)?,
-                None => Block::new(batch),
+                Some(store) => store.write(&schema, &batches)?,
+                None => Block::new(batches),
             };
             block.segments = segments;
             (block.time_min_us, block.time_max_us) = time;
@@ -536,12 +560,16 @@ impl Table {
         }
         let mut out = Vec::with_capacity(self.sealed.len() + self.open.len());
         for block in &self.sealed {
-            match cutoff_us {
+            let cutoff = match cutoff_us {
                 Some(c) if block.time_max_us.is_some_and(|t| t < c) => continue,
-                Some(c) if block.time_min_us.is_some_and(|t| t < c) => {
-                    out.push(adapt(&keep_since(&block.batch()?, c)?, schema)?)
+                Some(c) if block.time_min_us.is_some_and(|t| t < c) => Some(c),
+                _ => None,
+            };
+            for batch in block.batches()?.iter() {
+                match cutoff {
+                    Some(c) => out.push(adapt(&keep_since(batch, c)?, schema)?),
+                    None => out.push(adapt(batch, schema)?),
                 }
-                _ => out.push(adapt(&block.batch()?, schema)?),
             }
         }
         for batch in &self.open {
@@ -552,6 +580,15 @@ impl Table {
         }
         Ok(out)
     }
+}
+
+/// `batches` (of `schema`) as one batch: copied together when there are
+/// several.
+fn join(schema: &SchemaRef, mut batches: Vec<RecordBatch>) -> Result<RecordBatch> {
+    Ok(match batches.len() {
+        1 => batches.pop().expect("one batch"),
+        _ => concat_batches(schema, &batches)?,
+    })
 }
 
 /// Whether a column stored as `ours` may be read as `asked`.
@@ -710,5 +747,62 @@ mod tests {
             .map(|b| b.num_rows())
             .sum();
         assert_eq!(total, 100_000);
+    }
+
+    fn sealed_batch_rows(t: &Table) -> Vec<usize> {
+        t.sealed_blocks()[0]
+            .batches()
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .collect()
+    }
+
+    #[test]
+    fn sealing_keeps_big_batches_as_they_came() {
+        let mut t = Table::new("t");
+        for i in 0..7 {
+            append(
+                &mut t,
+                batch(vec![("x", Arc::new(Int64Array::from(vec![i; 10_000])))]),
+            )
+            .unwrap();
+        }
+        assert_eq!(sealed_batch_rows(&t), vec![10_000; 7]);
+    }
+
+    #[test]
+    fn sealing_joins_runs_of_small_batches() {
+        let mut t = Table::new("t");
+        for i in 0..66 {
+            append(
+                &mut t,
+                batch(vec![("x", Arc::new(Int64Array::from(vec![i; 1_000])))]),
+            )
+            .unwrap();
+        }
+        let rows = sealed_batch_rows(&t);
+        assert_eq!(rows.iter().sum::<usize>(), 66_000);
+        let (last, joined) = rows.split_last().unwrap();
+        assert!(
+            joined.iter().all(|&r| r >= BLOCK_BATCH_ROWS_MIN),
+            "{rows:?}"
+        );
+        assert!(*last <= BLOCK_BATCH_ROWS_MIN, "{rows:?}");
+        let values: Vec<i64> = t
+            .scan(&t.schema(), None)
+            .unwrap()
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        let expected: Vec<i64> = (0..66).flat_map(|i| vec![i; 1_000]).collect();
+        assert_eq!(values, expected, "rows keep their order");
     }
 }
