@@ -510,6 +510,7 @@ impl Values {
 
     /// Stores a value already checked to fit (ints into a float column
     /// allowed); text is read from `src`.
+    #[inline]
     fn push(&mut self, src: &str, tags: &[Span], raw: Raw) {
         match (self, raw) {
             (Values::Int(b), Raw::Int(x)) => b.append_value(x),
@@ -577,6 +578,7 @@ impl Column {
         }
     }
 
+    #[inline]
     fn pad_to(&mut self, rows: usize) {
         if self.len < rows {
             self.values.append_nulls(rows - self.len);
@@ -584,6 +586,7 @@ impl Column {
         }
     }
 
+    #[inline]
     fn push(&mut self, src: &str, tags: &[Span], raw: Raw) {
         self.values.push(src, tags, raw);
         self.len += 1;
