@@ -4,7 +4,8 @@
 //!  ingest batch ──append──> open block (its batches) ──seal at BLOCK_ROWS_MAX──> sealed Block
 //!                                                    (runs under BLOCK_BATCH_ROWS_MIN │
 //!                                                     joined, the rest kept as came)  │
-//!  scan(schema) <── every block's and open batch, adapted to the asked schema ◄───────┘
+//!  scan(schema) <── every batch of every block and of the open block,                │
+//!                   adapted to the asked schema ◄─────────────────────────────────────┘
 //! ```
 //!
 //! Blocks are immutable and each keeps the columns its rows brought; the
