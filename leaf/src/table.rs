@@ -729,16 +729,23 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn sealing_keeps_every_row() {
+    /// A table given `batches` batches of `rows` rows each, batch `i`'s
+    /// one column `x` all `i`.
+    fn appended(batches: i64, rows: usize) -> Table {
         let mut t = Table::new("t");
-        for i in 0..10 {
+        for i in 0..batches {
             append(
                 &mut t,
-                batch(vec![("x", Arc::new(Int64Array::from(vec![i; 10_000])))]),
+                batch(vec![("x", Arc::new(Int64Array::from(vec![i; rows])))]),
             )
             .unwrap();
         }
+        t
+    }
+
+    #[test]
+    fn sealing_keeps_every_row() {
+        let t = appended(10, 10_000);
         assert_eq!(t.rows(), 100_000);
         assert_eq!(t.sealed_blocks().len(), 1);
         let total: usize = t
@@ -761,27 +768,13 @@ mod tests {
 
     #[test]
     fn sealing_keeps_big_batches_as_they_came() {
-        let mut t = Table::new("t");
-        for i in 0..7 {
-            append(
-                &mut t,
-                batch(vec![("x", Arc::new(Int64Array::from(vec![i; 10_000])))]),
-            )
-            .unwrap();
-        }
+        let t = appended(7, 10_000);
         assert_eq!(sealed_batch_rows(&t), vec![10_000; 7]);
     }
 
     #[test]
     fn sealing_joins_runs_of_small_batches() {
-        let mut t = Table::new("t");
-        for i in 0..66 {
-            append(
-                &mut t,
-                batch(vec![("x", Arc::new(Int64Array::from(vec![i; 1_000])))]),
-            )
-            .unwrap();
-        }
+        let t = appended(66, 1_000);
         let rows = sealed_batch_rows(&t);
         assert_eq!(rows.iter().sum::<usize>(), 66_000);
         let (last, joined) = rows.split_last().unwrap();
