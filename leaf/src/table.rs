@@ -115,17 +115,17 @@ enum Adopted {
 }
 
 impl Block {
-    pub fn new(batches: Vec<RecordBatch>) -> Self {
-        let memory_bytes = batches.iter().map(batch_bytes).sum();
-        let (time_min_us, time_max_us) = time_range(&batches);
+    /// A block on the heap; like one from [`BlockStore::write`], its
+    /// segments and time range are the sealer's to fill in.
+    fn new(batches: Vec<RecordBatch>) -> Self {
         Block {
             rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+            memory_bytes: batches.iter().map(batch_bytes).sum(),
             data: BlockData::Ready(batches.into()),
-            memory_bytes,
             file: None,
             segments: Vec::new(),
-            time_min_us,
-            time_max_us,
+            time_min_us: None,
+            time_max_us: None,
         }
     }
 
