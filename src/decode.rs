@@ -1343,6 +1343,7 @@ mod json {
 
         /// The string opening at `i`, if it has no escape or control
         /// character, and the index after its closing quote.
+        #[inline(always)]
         fn string(b: &[u8], i: usize) -> Option<(Span, usize)> {
             if b.get(i) != Some(&b'"') {
                 return None;
@@ -1424,6 +1425,11 @@ mod json {
         /// or over the power (both exact as f64, so one multiply or divide
         /// rounds correctly, to what `str::parse` gives); any other number
         /// goes to `str::parse`.
+        ///
+        /// Inlined into `value`: returned from a call, the (value, index)
+        /// pair went through the stack in narrow stores and came back in
+        /// one wide load, which stalled store forwarding on every number.
+        #[inline(always)]
         pub(crate) fn number(text: &str, i: usize, time: bool) -> Option<(Raw, usize)> {
             const POW10: [f64; 23] = [
                 1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
