@@ -707,6 +707,11 @@ pub struct BatchBuilder {
     first_key: usize,
     /// The column of each of the line's keys (reused from line to line).
     slots: Vec<Option<usize>>,
+    /// The column of each key of the last line, by position: lines of one
+    /// source mostly list the same keys in the same order, so a line's k-th
+    /// key is compared with one name found without the keys before it (the
+    /// followers' chain of loads, from key to key, is the fallback).
+    shape: Vec<usize>,
     /// The line being read (reused from line to line).
     read: LineEntries,
     /// Counts lines pushed, to find a key named twice (`Column::seen_in`).
@@ -737,6 +742,7 @@ impl BatchBuilder {
             index: HashMap::from([(time_column.to_string(), TIME_INDEX)]),
             first_key: TIME_INDEX,
             slots: Vec::new(),
+            shape: Vec::new(),
             read: LineEntries::default(),
             stamp: 0,
             lines: Vec::new(),
@@ -911,6 +917,39 @@ impl BatchBuilder {
         result
     }
 
+    /// The column of a line's `k`-th key when it is not where the last
+    /// line had it: the column that followed the key before it last time,
+    /// else a lookup by name (which teaches the follower).
+    fn slot_by_follower(
+        &mut self,
+        k: usize,
+        key: &[u8],
+        name: &str,
+        slots: &[Option<usize>],
+    ) -> Option<usize> {
+        let predicted = match k {
+            0 => self.first_key,
+            _ => slots[k - 1].map_or(NO_COLUMN, |p: usize| self.columns[p].follower),
+        };
+        match self.columns.get(predicted) {
+            Some(c) if same_key(c.name.as_bytes(), key) => Some(predicted),
+            _ => {
+                let slot = self.index.get(name).copied();
+                if let Some(i) = slot {
+                    match k {
+                        0 => self.first_key = i,
+                        _ => {
+                            if let Some(p) = slots[k - 1] {
+                                self.columns[p].follower = i;
+                            }
+                        }
+                    }
+                }
+                slot
+            }
+        }
+    }
+
     fn push_entries_into(
         &mut self,
         line: u64,
@@ -927,27 +966,15 @@ impl BatchBuilder {
         // that cannot be stored. Only a column new to this builder, or a
         // value its type does not take as is, needs the shared known types.
         let mut needs_known = false;
+        let mut same_shape = entries.len() == self.shape.len();
         for (k, entry) in entries.iter().enumerate() {
             let key = entry.key.bytes(src);
-            let predicted = match k {
-                0 => self.first_key,
-                _ => slots[k - 1].map_or(NO_COLUMN, |p: usize| self.columns[p].follower),
-            };
-            let slot = match self.columns.get(predicted) {
-                Some(c) if same_key(c.name.as_bytes(), key) => Some(predicted),
+            let in_shape = self.shape.get(k).copied().unwrap_or(NO_COLUMN);
+            let slot = match self.columns.get(in_shape) {
+                Some(c) if same_key(c.name.as_bytes(), key) => Some(in_shape),
                 _ => {
-                    let slot = self.index.get(entry.key.of(src)).copied();
-                    if let Some(i) = slot {
-                        match k {
-                            0 => self.first_key = i,
-                            _ => {
-                                if let Some(p) = slots[k - 1] {
-                                    self.columns[p].follower = i;
-                                }
-                            }
-                        }
-                    }
-                    slot
+                    same_shape = false;
+                    self.slot_by_follower(k, key, entry.key.of(src), slots)
                 }
             };
             let twice = match slot {
@@ -980,6 +1007,11 @@ impl BatchBuilder {
                 }
             }
             slots.push(slot);
+        }
+        if !same_shape {
+            self.shape.clear();
+            self.shape
+                .extend(slots.iter().map(|slot| slot.unwrap_or(NO_COLUMN)));
         }
         // Check the whole line first, so a rejected line leaves no trace;
         // under one lock, so no other builder changes a type in between.
@@ -1806,6 +1838,50 @@ mod tests {
             batch.column_by_name("ok").unwrap().data_type(),
             &DataType::Boolean
         );
+    }
+
+    #[test]
+    fn keys_in_any_order_and_any_subset_land_in_their_own_columns() {
+        // Lines that keep one key order (found by position), lines that
+        // leave keys out or reorder them (found by follower or by name),
+        // and a key named like a column's prefix.
+        use rand::{seq::SliceRandom, Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let keys = ["time", "a", "ab", "b", "service", "c"];
+        let mut b = builder();
+        let mut expected: Vec<Vec<Option<i64>>> = Vec::new();
+        for row in 0..3_000i64 {
+            let mut order: Vec<usize> = (0..keys.len()).collect();
+            match rng.random_range(0..4) {
+                0 => order.shuffle(&mut rng),
+                1 => order.retain(|_| rng.random_bool(0.7)),
+                _ => {} // the usual order
+            }
+            let mut cells = vec![None; keys.len()];
+            let fields: Vec<String> = order
+                .iter()
+                .map(|&k| {
+                    let v = row * 10 + k as i64;
+                    cells[k] = Some(v);
+                    format!("\"{}\":{v}", keys[k])
+                })
+                .collect();
+            b.push_json(row as u64 + 1, &format!("{{{}}}", fields.join(",")))
+                .unwrap();
+            expected.push(cells);
+        }
+        let batch = b.finish().unwrap().unwrap().batch;
+        for (k, name) in keys.iter().enumerate().skip(1) {
+            let column = batch.column_by_name(name).unwrap();
+            let ints = column.as_any().downcast_ref::<Int64Array>().unwrap();
+            for (row, cells) in expected.iter().enumerate() {
+                assert_eq!(
+                    ints.is_valid(row).then(|| ints.value(row)),
+                    cells[k],
+                    "column {name}, row {row}"
+                );
+            }
+        }
     }
 
     #[test]
