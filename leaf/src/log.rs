@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, IoSlice, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -99,6 +99,20 @@ pub struct Log {
     /// Set (under `live`) once another `Log` over the same folder replaces
     /// this one: from then on it deletes nothing.
     retired: std::sync::atomic::AtomicBool,
+}
+
+/// Writes all of `bufs`, in as few system calls as the kernel allows (std's
+/// `write_all_vectored` is not stable yet).
+fn write_all_vectored(mut file: &File, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !bufs.is_empty() {
+        match file.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn log_err(path: &Path, source: std::io::Error) -> LeafError {
@@ -280,27 +294,25 @@ impl Log {
         let mut crc = crc32c::crc32c(&(header.len() as u32).to_le_bytes());
         crc = crc32c::crc32c_append(crc, &header);
         crc = crc32c::crc32c_append(crc, ipc);
-        let mut record = Vec::with_capacity(RECORD_PREFIX_BYTES + payload_len);
-        record.extend_from_slice(&MAGIC);
-        record.extend_from_slice(&(payload_len as u32).to_le_bytes());
-        record.extend_from_slice(&crc.to_le_bytes());
-        record.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        record.extend_from_slice(&header);
-        record.extend_from_slice(ipc);
+        // The record's head is built here; the batch is written from where
+        // it is, in the same system call (not copied into one record first).
+        let mut head = Vec::with_capacity(RECORD_PREFIX_BYTES + 4 + header.len());
+        head.extend_from_slice(&MAGIC);
+        head.extend_from_slice(&(payload_len as u32).to_le_bytes());
+        head.extend_from_slice(&crc.to_le_bytes());
+        head.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        head.extend_from_slice(&header);
+        let record_len = (head.len() + ipc.len()) as u64;
 
         let mut w = self.writer.lock().expect("log lock poisoned");
-        if w.len_bytes > 0 && w.len_bytes + record.len() as u64 > self.segment_bytes_max {
+        if w.len_bytes > 0 && w.len_bytes + record_len > self.segment_bytes_max {
             self.rotate(&mut w)?;
         }
-        (&*w.file)
-            .write_all(&record)
+        write_all_vectored(&w.file, &mut [IoSlice::new(&head), IoSlice::new(ipc)])
             .map_err(|e| log_err(&segment_path(&self.dir, w.id), e))?;
-        w.len_bytes += record.len() as u64;
+        w.len_bytes += record_len;
         *self.live.lock().expect("poisoned").entry(w.id).or_insert(0) += 1;
-        let end = self
-            .written_bytes
-            .fetch_add(record.len() as u64, Ordering::SeqCst)
-            + record.len() as u64;
+        let end = self.written_bytes.fetch_add(record_len, Ordering::SeqCst) + record_len;
         Ok(Appended { end, segment: w.id })
     }
 
