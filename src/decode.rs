@@ -30,8 +30,8 @@ use std::io::BufRead;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -529,15 +529,44 @@ impl Values {
         }
     }
 
-    /// The values so far as an array; the builder starts over, empty.
+    /// The values so far as an array; the builder starts over, empty, with
+    /// room for as many values (and bytes of text) as the array has: the
+    /// next batch is mostly the size of this one, and a builder that grows
+    /// to it copies its values at every step.
     fn finish(&mut self) -> ArrayRef {
         match self {
-            Values::Int(b) => Arc::new(b.finish()),
-            Values::Float(b) => Arc::new(b.finish()),
-            Values::Bool(b) => Arc::new(b.finish()),
-            Values::Str(b) => Arc::new(b.finish()),
-            Values::Tags(b) => Arc::new(b.finish()),
-            Values::Time(b) => Arc::new(b.finish()),
+            Values::Int(b) => {
+                let a = b.finish();
+                *b = Int64Builder::with_capacity(a.len());
+                Arc::new(a)
+            }
+            Values::Float(b) => {
+                let a = b.finish();
+                *b = Float64Builder::with_capacity(a.len());
+                Arc::new(a)
+            }
+            Values::Bool(b) => {
+                let a = b.finish();
+                *b = BooleanBuilder::with_capacity(a.len());
+                Arc::new(a)
+            }
+            Values::Str(b) => {
+                let a = b.finish();
+                *b = StringBuilder::with_capacity(a.len(), a.value_data().len());
+                Arc::new(a)
+            }
+            Values::Tags(b) => {
+                let a = b.finish();
+                let items = a.values().as_string::<i32>();
+                let values = StringBuilder::with_capacity(items.len(), items.value_data().len());
+                *b = ListBuilder::with_capacity(values, a.len());
+                Arc::new(a)
+            }
+            Values::Time(b) => {
+                let a = b.finish();
+                *b = TimestampMicrosecondBuilder::with_capacity(a.len());
+                Arc::new(a)
+            }
         }
     }
 }
