@@ -1451,7 +1451,7 @@ mod json {
         /// Length of the plain run at the start of `b`: up to the first byte
         /// in [`STOPS_STRING`] (none: `None`). Eight bytes at a time.
         #[inline]
-        fn plain_len(b: &[u8]) -> Option<usize> {
+        pub(crate) fn plain_len(b: &[u8]) -> Option<usize> {
             const ONES: u64 = 0x0101_0101_0101_0101;
             const HIGHS: u64 = 0x8080_8080_8080_8080;
             // High bit set in each byte that is zero (exact up to the first
@@ -2567,6 +2567,31 @@ mod tests {
                 lines_by_reader(&input),
                 "round {round}"
             );
+        }
+    }
+
+    #[test]
+    fn a_strings_plain_run_ends_at_its_first_quote_escape_or_control_byte() {
+        // Every length around the 8- and 16-byte steps, every stop byte at
+        // every place, with other stops after it and non-ASCII before it.
+        for len in 0..48 {
+            for stop in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+                for at in 0..=len {
+                    let mut b: Vec<u8> = "aé€z".bytes().cycle().take(len).collect();
+                    if at < len {
+                        b[at] = stop;
+                        for later in (at + 1..len).step_by(3) {
+                            b[later] = b'"';
+                        }
+                    }
+                    let naive = b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+                    assert_eq!(
+                        json::fast::plain_len(&b),
+                        naive,
+                        "len {len}, stop {stop} at {at}"
+                    );
+                }
+            }
         }
     }
 
