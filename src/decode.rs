@@ -120,12 +120,11 @@ impl TextChunk {
     /// lines is): one pass instead of one call per line. When some line is
     /// not, every line is checked on its own instead.
     pub fn check_utf8(&mut self) {
-        // simdutf8's check takes the ASCII of event lines 16 to 64 bytes at
-        // a time, where std's takes 8 or 16.
-        if self.utf8.is_none() && simdutf8::basic::from_utf8(&self.text).is_ok() {
-            let text = std::mem::take(&mut self.text);
-            // SAFETY: checked to be UTF-8 just above.
-            self.utf8 = Some(unsafe { String::from_utf8_unchecked(text) });
+        if self.utf8.is_none() {
+            match String::from_utf8(std::mem::take(&mut self.text)) {
+                Ok(text) => self.utf8 = Some(text),
+                Err(e) => self.text = e.into_bytes(),
+            }
         }
     }
 
@@ -644,10 +643,11 @@ impl StrValues {
         text.truncate(done.len);
         let mut nulls = done.nulls;
         let offsets = OffsetBuffer::new(ScalarBuffer::from(done.offsets));
-        // SAFETY: each value's text was copied whole from a `&str`, so the
-        // text is UTF-8 and every offset falls between characters; the
-        // offsets start at 0, never decrease, and end at the text's end.
-        unsafe { StringArray::new_unchecked(offsets, Buffer::from_vec(text), nulls.finish()) }
+        // Arrow checks the text again (UTF-8, and each value's bounds). Each
+        // value was copied whole from a `&str`, but only `unsafe` could skip
+        // the check, and `unsafe` stays in the leaf's shared-memory module.
+        StringArray::try_new(offsets, Buffer::from_vec(text), nulls.finish())
+            .expect("whole `&str` values make UTF-8 text")
     }
 }
 
