@@ -260,15 +260,6 @@ pub fn bind_fragment(
     })
 }
 
-/// Decodes a fragment and binds it to `source` at once.
-pub fn decode_fragment(
-    bytes: &[u8],
-    ctx: &TaskContext,
-    source: &dyn ScanSource,
-) -> DfResult<Arc<dyn ExecutionPlan>> {
-    bind_fragment(&decode_template(bytes, ctx)?, source)
-}
-
 /// A fresh copy of `plan` to execute once: every node for which `replace`
 /// gives a node is replaced by it, and every other node is rebuilt with its
 /// state reset (a top-k's dynamic filter, metrics), keeping its computed
