@@ -5,7 +5,7 @@ use std::sync::Arc;
 use quinn::{Endpoint, RecvStream, SendStream};
 use scuba::limits::SQL_BYTES_MAX;
 use scuba::wire::{ErrorKind, Request, Response, WireError, PROTOCOL_VERSION};
-use scuba_leaf::net::{push_frame, read_end, read_frame, write_bytes, write_last};
+use scuba_leaf::net::{end_reply, push_frame, read_frame, write_bytes};
 
 use crate::engine::{Aggregator, QueryOptions};
 use crate::error::Result;
@@ -123,8 +123,6 @@ async fn handle(agg: Arc<Aggregator>, mut send: SendStream, mut recv: RecvStream
             &bad_request("the aggregator does not serve that request".into()),
         )?,
     }
-    write_last(&mut send, &out).await?;
-    read_end(&mut recv).await;
-    let _ = send.stopped().await;
+    end_reply(&mut send, &mut recv, &out).await?;
     Ok(())
 }

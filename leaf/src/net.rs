@@ -247,6 +247,16 @@ pub async fn write_last(send: &mut SendStream, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Ends a reply: its last bytes are written with the stream's end, the
+/// request's end is read (see [`read_end`]), and it returns once the peer
+/// has the reply (or is gone).
+pub async fn end_reply(send: &mut SendStream, recv: &mut RecvStream, last: &[u8]) -> Result<()> {
+    write_last(send, last).await?;
+    read_end(recv).await;
+    let _ = send.stopped().await;
+    Ok(())
+}
+
 /// How long a reader that has its answer waits for the peer's end of the
 /// stream (usually already here, in the answer's last packet).
 pub const STREAM_END_WAIT: Duration = Duration::from_secs(1);

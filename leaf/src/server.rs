@@ -15,9 +15,7 @@ use scuba::wire::{
 
 use crate::error::{LeafError, Result};
 use crate::leaf::{IngestOutcome, Leaf};
-use crate::net::{
-    push_frame, read_end, read_payload, server_endpoint, write_bytes, write_last, TlsFiles,
-};
+use crate::net::{end_reply, push_frame, read_payload, server_endpoint, write_bytes, TlsFiles};
 
 /// Bytes of result batches per `Batches` frame.
 const REPLY_CHUNK_BYTES: usize = 4 << 20;
@@ -208,9 +206,7 @@ async fn finish(
     last: &[u8],
     in_flight: Option<impl Sized>,
 ) -> Result<()> {
-    write_last(&mut send, last).await?;
-    read_end(&mut recv).await;
-    let _ = send.stopped().await;
+    end_reply(&mut send, &mut recv, last).await?;
     drop(in_flight);
     Ok(())
 }
