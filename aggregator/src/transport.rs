@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::record_batch::RecordBatch;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
 use quinn::{Connection, Endpoint};
 use scuba::coverage::MissingReason;
@@ -133,16 +134,26 @@ fn reason_of(e: &WireError) -> MissingReason {
     }
 }
 
+/// A handshake under way, shared by everyone who waits for it.
+type Handshake = Shared<BoxFuture<'static, Result<Connection, MissingReason>>>;
+
+/// One leaf's connection: the live one, or the handshake that will make it.
+#[derive(Default)]
+struct Slot {
+    conn: Option<Connection>,
+    pending: Option<Handshake>,
+}
+
 /// Leaves over QUIC, one cached connection each.
 pub struct QuicTransport {
     endpoint: Endpoint,
     leaves: Vec<(String, SocketAddr)>,
-    connections: Vec<Mutex<Option<Connection>>>,
+    connections: Vec<Mutex<Slot>>,
 }
 
 impl QuicTransport {
     pub fn new(endpoint: Endpoint, leaves: Vec<(String, SocketAddr)>) -> Self {
-        let connections = leaves.iter().map(|_| Mutex::new(None)).collect();
+        let connections = leaves.iter().map(|_| Mutex::new(Slot::default())).collect();
         QuicTransport {
             endpoint,
             leaves,
@@ -150,44 +161,83 @@ impl QuicTransport {
         }
     }
 
+    /// The leaf's live connection, or a new one. The handshake runs in its
+    /// own task: a caller that gives up (a stats poll's deadline) does not
+    /// cancel it, so on a loaded machine a slow handshake still ends in a
+    /// connection the next request uses, instead of starting over forever.
     async fn connection(&self, leaf: usize) -> Result<Connection, MissingReason> {
+        let handshake = {
+            let mut slot = self.connections[leaf].lock().await;
+            if let Some(c) = &slot.conn {
+                if c.close_reason().is_none() {
+                    return Ok(c.clone());
+                }
+                slot.conn = None;
+            }
+            // A finished failure is not waited on again: try afresh.
+            if slot
+                .pending
+                .as_ref()
+                .is_some_and(|h| matches!(h.peek(), Some(Err(_))))
+            {
+                slot.pending = None;
+            }
+            slot.pending
+                .get_or_insert_with(|| self.handshake(leaf))
+                .clone()
+        };
+        let result = handshake.clone().await;
         let mut slot = self.connections[leaf].lock().await;
-        if let Some(c) = slot.as_ref() {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
+        // Only the handshake still in the slot is taken from it (`forget`
+        // may have dropped it meanwhile).
+        if slot.pending.as_ref().is_some_and(|h| h.ptr_eq(&handshake)) {
+            slot.pending = None;
+            if let Ok(c) = &result {
+                slot.conn = Some(c.clone());
             }
         }
-        *slot = None;
-        let addr = self.leaves[leaf].1;
-        // A handshake that times out is a silent leaf (it may be stopped);
-        // one that fails is an unreachable one.
-        let handshake = tokio::time::timeout(
-            Duration::from_millis(CONNECT_TIMEOUT_MS),
-            connect(&self.endpoint, addr),
-        );
-        // A handshake sent to a closed port is lost and retried only after
-        // QUIC's timeouts; a refused probe says at once nobody is there. The
-        // probe runs beside the handshake, not before it: a live leaf never
-        // answers a probe, so waiting for one cost every new connection the
-        // probe's whole timeout (50 ms at the start of every ingest).
-        let refused = async {
-            if probe(addr).await == Liveness::Refused {
-                return;
-            }
-            std::future::pending::<()>().await
-        };
-        let conn = tokio::select! {
-            done = handshake => done
-                .map_err(|_| MissingReason::Timeout)?
-                .map_err(|_| MissingReason::Unreachable)?,
-            () = refused => return Err(MissingReason::Unreachable),
-        };
-        *slot = Some(conn.clone());
-        Ok(conn)
+        result
     }
 
+    fn handshake(&self, leaf: usize) -> Handshake {
+        let endpoint = self.endpoint.clone();
+        let addr = self.leaves[leaf].1;
+        let task = tokio::spawn(async move {
+            // A handshake that times out is a silent leaf (it may be
+            // stopped); one that fails is an unreachable one.
+            let handshake = tokio::time::timeout(
+                Duration::from_millis(CONNECT_TIMEOUT_MS),
+                connect(&endpoint, addr),
+            );
+            // A handshake sent to a closed port is lost and retried only
+            // after QUIC's timeouts; a refused probe says at once nobody is
+            // there. The probe runs beside the handshake, not before it: a
+            // live leaf never answers a probe, so waiting for one cost every
+            // new connection the probe's whole timeout (50 ms at the start
+            // of every ingest).
+            let refused = async {
+                if probe(addr).await == Liveness::Refused {
+                    return;
+                }
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                done = handshake => done
+                    .map_err(|_| MissingReason::Timeout)?
+                    .map_err(|_| MissingReason::Unreachable),
+                () = refused => Err(MissingReason::Unreachable),
+            }
+        });
+        task.map(|joined| joined.unwrap_or(Err(MissingReason::Unreachable)))
+            .boxed()
+            .shared()
+    }
+
+    /// Drops the leaf's connection. A handshake under way is left to end
+    /// on its own (within [`CONNECT_TIMEOUT_MS`], or at once when a probe
+    /// finds the port closed).
     async fn forget(&self, leaf: usize) {
-        *self.connections[leaf].lock().await = None;
+        self.connections[leaf].lock().await.conn = None;
     }
 
     /// Runs `work` against `leaf` while probing its port; ends early with

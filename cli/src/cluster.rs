@@ -417,22 +417,54 @@ async fn wait_ready(
 /// Waits until the aggregator answers and sees every leaf up.
 async fn wait_aggregator(config: &ClusterConfig, deadline: Instant) -> Result<()> {
     let mut client = None;
+    // What stood in the way the last time round, for the error.
+    let mut waiting_for = String::from("the aggregator to answer");
     loop {
+        if running_pid(&config.base_dir, "aggregator").is_none() {
+            bail!("the aggregator exited while starting; see logs/aggregator.log");
+        }
         if client.is_none() {
-            client = crate::client::Client::connect_config(config).await.ok();
+            match crate::client::Client::connect_config(config).await {
+                Ok(c) => client = Some(c),
+                Err(e) => waiting_for = format!("the aggregator to answer (last error: {e:#})"),
+            }
         }
         if let Some(c) = &client {
             match c.status().await {
                 Ok(status) if all_up(&config.base_dir, &status) => return Ok(()),
-                Ok(_) => {}
-                Err(_) => client = None, // reconnect next time round
+                Ok(status) => waiting_for = not_up(&config.base_dir, &status),
+                Err(e) => {
+                    waiting_for = format!("the aggregator's status (last error: {e:#})");
+                    client = None; // reconnect next time round
+                }
             }
         }
         if Instant::now() > deadline {
-            bail!("the aggregator did not see every leaf up in time; see logs/aggregator.log");
+            bail!(
+                "the aggregator did not see every leaf up in time: still waiting for {waiting_for}; \
+                 see logs/aggregator.log"
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The leaves `all_up` is still waiting for, as the aggregator last saw them.
+fn not_up(dir: &Path, status: &[scuba::wire::LeafStatus]) -> String {
+    let waiting: Vec<String> = status
+        .iter()
+        .filter(|s| !all_up(dir, std::slice::from_ref(s)))
+        .map(|s| match &s.stats {
+            Some(stats) if s.state == "up" => {
+                format!(
+                    "{} (it reported pid {}, not the running one)",
+                    s.leaf, stats.pid
+                )
+            }
+            _ => format!("{} ({})", s.leaf, s.state),
+        })
+        .collect();
+    format!("leaves {}", waiting.join(", "))
 }
 
 /// Signals a process and waits for it to exit (SIGKILL after a grace period).

@@ -129,7 +129,33 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        // A failing test shows what the nodes logged before the folder goes.
+        if std::thread::panicking() {
+            self.print_log_tails();
+        }
         let _ = self.run(&["cluster", "down"], None);
+    }
+}
+
+impl TestCluster {
+    /// The last lines of every node's log, on stderr (the test harness
+    /// shows them with the failure).
+    fn print_log_tails(&self) {
+        const LINES: usize = 40;
+        let Ok(entries) = std::fs::read_dir(self.dir.path().join("logs")) else {
+            return;
+        };
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LINES)..];
+            eprintln!("--- last {} lines of {}", tail.len(), path.display());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
