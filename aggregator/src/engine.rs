@@ -40,7 +40,7 @@ use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use lru::LruCache;
@@ -436,7 +436,10 @@ impl Aggregator {
             .with_allow_statements(false);
         let df = ctx.sql_with_options(sql, read_only).await?;
         let logical = df.logical_plan().clone();
-        let physical = df.create_physical_plan().await?;
+        let viewed = crate::views::group_strings_as_views(logical.clone())?;
+        let physical = DataFrame::new(ctx.state(), viewed)
+            .create_physical_plan()
+            .await?;
         let schema = physical.schema();
         let mut fragments = Vec::new();
         let merge = cut(physical, &mut fragments)?;

@@ -29,5 +29,6 @@ pub mod ingest;
 pub mod placement;
 pub mod server;
 pub mod transport;
+pub mod views;
 
 pub use error::{AggError, Result};
