@@ -20,6 +20,10 @@ use std::sync::Arc;
 /// `plan` with its string group keys cast to `Utf8View`; its output schema
 /// is unchanged.
 pub fn group_strings_as_views(plan: LogicalPlan) -> Result<LogicalPlan> {
+    // Most plans have no string key: leave them exactly as they are.
+    if !plan.exists(|node| Ok(has_string_key(node)))? {
+        return Ok(plan);
+    }
     let original = Arc::clone(plan.schema());
     let rewritten = plan
         .transform_up(|node| match node {
@@ -53,20 +57,33 @@ pub fn group_strings_as_views(plan: LogicalPlan) -> Result<LogicalPlan> {
     )?))
 }
 
+fn is_string_key(e: &Expr, input: &datafusion::common::DFSchema) -> bool {
+    !matches!(e, Expr::GroupingSet(_)) && matches!(e.get_type(input), Ok(DataType::Utf8))
+}
+
+fn has_string_key(node: &LogicalPlan) -> bool {
+    match node {
+        LogicalPlan::Aggregate(agg) => agg
+            .group_expr
+            .iter()
+            .any(|e| is_string_key(e, agg.input.schema())),
+        _ => false,
+    }
+}
+
 fn view_keys(agg: Aggregate) -> Result<Transformed<LogicalPlan>> {
     let input = agg.input.schema();
     let mut changed = false;
     let group_expr: Vec<Expr> = agg
         .group_expr
         .iter()
-        .map(|e| match e {
-            Expr::GroupingSet(_) => e.clone(),
-            _ if matches!(e.get_type(input), Ok(DataType::Utf8)) => {
-                changed = true;
-                let (qualifier, name) = e.qualified_name();
-                cast(e.clone(), DataType::Utf8View).alias_qualified(qualifier, name)
+        .map(|e| {
+            if !is_string_key(e, input) {
+                return e.clone();
             }
-            _ => e.clone(),
+            changed = true;
+            let (qualifier, name) = e.qualified_name();
+            cast(e.clone(), DataType::Utf8View).alias_qualified(qualifier, name)
         })
         .collect();
     if !changed {
