@@ -369,14 +369,18 @@ fn ports_lock() -> Result<std::fs::File> {
 /// Every leaf is up in the aggregator's eyes, and it has heard from the
 /// process now running for it (not a predecessor it still remembers).
 fn all_up(dir: &Path, status: &[scuba::wire::LeafStatus]) -> bool {
-    status.iter().all(|s| {
-        s.state == "up"
-            && match (running_pid(dir, &s.leaf), &s.stats) {
-                (Some(pid), Some(stats)) => stats.pid as i32 == pid,
-                (None, _) => true,
-                (Some(_), None) => false,
-            }
-    })
+    status.iter().all(|s| is_up(dir, s))
+}
+
+/// Whether the aggregator sees `leaf` up, answering from the process that
+/// runs under its id now (when one does).
+fn is_up(dir: &Path, leaf: &scuba::wire::LeafStatus) -> bool {
+    leaf.state == "up"
+        && match (running_pid(dir, &leaf.leaf), &leaf.stats) {
+            (Some(pid), Some(stats)) => stats.pid as i32 == pid,
+            (None, _) => true,
+            (Some(_), None) => false,
+        }
 }
 
 /// Waits until every leaf answers and the aggregator sees them all. A leaf
@@ -449,11 +453,12 @@ async fn wait_aggregator(config: &ClusterConfig, deadline: Instant) -> Result<()
     }
 }
 
-/// The leaves `all_up` is still waiting for, as the aggregator last saw them.
+/// The leaves [`all_up`] is still waiting for, as the aggregator last saw
+/// them.
 fn not_up(dir: &Path, status: &[scuba::wire::LeafStatus]) -> String {
     let waiting: Vec<String> = status
         .iter()
-        .filter(|s| !all_up(dir, std::slice::from_ref(s)))
+        .filter(|s| !is_up(dir, s))
         .map(|s| match &s.stats {
             Some(stats) if s.state == "up" => {
                 format!(

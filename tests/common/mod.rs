@@ -125,19 +125,7 @@ impl TestCluster {
             })
             .collect()
     }
-}
 
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        // A failing test shows what the nodes logged before the folder goes.
-        if std::thread::panicking() {
-            self.print_log_tails();
-        }
-        let _ = self.run(&["cluster", "down"], None);
-    }
-}
-
-impl TestCluster {
     /// The last lines of every node's log, on stderr (the test harness
     /// shows them with the failure).
     fn print_log_tails(&self) {
@@ -156,6 +144,16 @@ impl TestCluster {
                 eprintln!("{line}");
             }
         }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        // A failing test shows what the nodes logged before the folder goes.
+        if std::thread::panicking() {
+            self.print_log_tails();
+        }
+        let _ = self.run(&["cluster", "down"], None);
     }
 }
 
