@@ -2,7 +2,10 @@
 //! widening rule: an int64 column that meets a float becomes float64.
 //!
 //! Every table has a time column stored as `Timestamp(Microsecond, None)`
-//! (UTC). A table's schema is the union of the columns its rows brought, in
+//! (UTC). Strings travel from the client as plain `Utf8` (offsets and bytes,
+//! the compact form) and leaves keep them as `Utf8View` (16-byte views, short
+//! strings inline), the form DataFusion filters, groups and compares fastest;
+//! both are the one user-facing type `string`. A table's schema is the union of the columns its rows brought, in
 //! order of first appearance; a column a leaf never saw reads as NULL.
 
 use std::sync::Arc;
@@ -29,6 +32,7 @@ pub enum ColumnType {
 }
 
 impl ColumnType {
+    /// The Arrow type a client sends a column of this type as.
     pub fn to_arrow(self) -> DataType {
         match self {
             ColumnType::Int64 => DataType::Int64,
@@ -40,12 +44,21 @@ impl ColumnType {
         }
     }
 
+    /// The Arrow type a leaf keeps a column of this type as (and so the type
+    /// queries see): [`ColumnType::to_arrow`] but strings as views.
+    pub fn stored(self) -> DataType {
+        match self {
+            ColumnType::Utf8 => DataType::Utf8View,
+            other => other.to_arrow(),
+        }
+    }
+
     pub fn from_arrow(data_type: &DataType) -> Option<ColumnType> {
         match data_type {
             DataType::Int64 => Some(ColumnType::Int64),
             DataType::Float64 => Some(ColumnType::Float64),
             DataType::Boolean => Some(ColumnType::Bool),
-            DataType::Utf8 => Some(ColumnType::Utf8),
+            DataType::Utf8 | DataType::Utf8View => Some(ColumnType::Utf8),
             DataType::Timestamp(TimeUnit::Microsecond, None) => Some(ColumnType::Timestamp),
             DataType::List(field) if field.data_type() == &DataType::Utf8 => Some(ColumnType::Tags),
             _ => None,
@@ -105,8 +118,9 @@ pub fn check_name(name: &str) -> Result<()> {
 }
 
 /// Unifies two schemas of the same table: the union of their columns, in
-/// order of first appearance, with int64/float64 widened to float64.
-/// Returns the offending column on a conflict.
+/// order of first appearance, with int64/float64 widened to float64 (and a
+/// string met in both forms kept as views). Returns the offending column on
+/// a conflict.
 pub fn unify_schemas(table: &str, a: &Schema, b: &Schema) -> Result<SchemaRef> {
     let mut fields: Vec<Field> = a.fields().iter().map(|f| f.as_ref().clone()).collect();
     for fb in b.fields() {
@@ -119,7 +133,7 @@ pub fn unify_schemas(table: &str, a: &Schema, b: &Schema) -> Result<SchemaRef> {
                     .zip(ColumnType::from_arrow(fb.data_type()))
                     .and_then(|(ta, tb)| ta.unify(tb));
                 match unified {
-                    Some(t) => *fa = Field::new(fa.name(), t.to_arrow(), true),
+                    Some(t) => *fa = Field::new(fa.name(), t.stored(), true),
                     None => {
                         return Err(Error::TypeConflict {
                             table: table.to_string(),
@@ -158,6 +172,17 @@ mod tests {
             ColumnType::Float64.unify(ColumnType::Int64),
             Some(ColumnType::Float64)
         );
+    }
+
+    #[test]
+    fn a_string_sent_plain_and_kept_as_views_is_one_string_column() {
+        let sent = Schema::new(vec![Field::new("s", DataType::Utf8, true)]);
+        let kept = Schema::new(vec![Field::new("s", DataType::Utf8View, true)]);
+        for (a, b) in [(&sent, &kept), (&kept, &sent)] {
+            let u = unify_schemas("t", a, b).unwrap();
+            assert_eq!(u.field(0).data_type(), &DataType::Utf8View);
+        }
+        assert_eq!(type_name(&DataType::Utf8View), "string");
     }
 
     #[test]

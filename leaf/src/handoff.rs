@@ -33,7 +33,8 @@ use crate::shm::BlockFile;
 
 /// Bumped whenever the segment's layout changes; a successor with another
 /// version recovers from disk instead.
-pub const LAYOUT_VERSION: u32 = 3;
+/// 4: strings kept as `Utf8View`.
+pub const LAYOUT_VERSION: u32 = 4;
 
 pub const HEADER_FILE: &str = "segment.hdr";
 const MAGIC: [u8; 8] = *b"SCUBASHM";

@@ -301,7 +301,8 @@ impl std::fmt::Debug for Leaf {
     }
 }
 
-/// Validates a batch from an untrusted client: names and types.
+/// Validates a batch from an untrusted client (names and types) and puts
+/// its strings in the form the leaf keeps them in.
 fn decode_batch(table: &str, ipc: Buffer) -> Result<Vec<RecordBatch>> {
     check_name(table)?;
     let (schema, batches) = scuba::ipc::ipc_to_batches(ipc)?;
@@ -317,7 +318,10 @@ fn decode_batch(table: &str, ipc: Buffer) -> Result<Vec<RecordBatch>> {
             .into());
         }
     }
-    Ok(batches)
+    batches
+        .into_iter()
+        .map(crate::table::strings_as_views)
+        .collect()
 }
 
 impl Leaf {

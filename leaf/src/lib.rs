@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  Ingest{table, batch_id, pad, ipc} ──server (IngestRef)──> Leaf::ingest_buffer
-//!        │ columns decoded in place: they point into the frame they arrived in
+//!        │ columns decoded in place: they point into the frame they arrived in;
+//!        │ strings turned into string views (shm::string_views), the form kept
 //!        │ dedup by batch id, check types, make room (expire oldest blocks)
 //!        ├──> log::Log::append (segment files) ──(group fsync)──> acknowledged
 //!        └──> table::Table::append ──> open block ──seal──> shm::write_block

@@ -1,5 +1,6 @@
 //! Shared memory: sealed blocks as Arrow IPC files under `/dev/shm`, mapped
-//! and decoded in place. All of the leaf's `unsafe` code lives here.
+//! and decoded in place, and the string views those blocks keep strings as
+//! ([`string_views`]). All of the leaf's `unsafe` code lives here.
 //!
 //! ```text
 //!  seal:  RecordBatches ──FileWriter (64-byte aligned, crc32c on the way)──write──> /dev/shm/.../bN.arrow
@@ -19,6 +20,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use datafusion::arrow::array::{Array, StringArray, StringViewArray};
 use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::convert::fb_to_schema;
@@ -73,14 +75,14 @@ pub fn write_block(
         crc32c: out.crc32c,
     };
     drop(out);
-    // Just written from batches in memory: no checksum pass here (a
-    // successor checks before its first use).
+    // Just written from batches in memory: no checksum pass and no
+    // validation here (a successor checks both before its first use).
     let buffer = Buffer::from(bytes::Bytes::from_owner(map_file(
         &path,
         description.len_bytes,
         true,
     )?));
-    let batches = decode_batches(&buffer).map_err(|e| io_err(&path, e))?;
+    let batches = decode_batches(&buffer, Written::ByUs).map_err(|e| io_err(&path, e))?;
     Ok((batches, description))
 }
 
@@ -161,14 +163,25 @@ impl Unchecked {
             return Err(io_err(&self.path, "checksum mismatch"));
         }
         let buffer = Buffer::from(bytes::Bytes::from_owner(self.mmap));
-        decode_batches(&buffer).map_err(|e| io_err(&self.path, e))
+        decode_batches(&buffer, Written::ByAnother).map_err(|e| io_err(&self.path, e))
     }
+}
+
+/// Who wrote a block file, which decides how much of it is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// This process, a moment ago, from valid arrays: read back as written.
+    /// Validating would cost as much as the sealing itself: a UTF-8 check
+    /// per string view.
+    ByUs,
+    /// A predecessor: every buffer and value is validated.
+    ByAnother,
 }
 
 /// Reads the record batches of an IPC file held in `buffer` (at least one),
 /// without copying: alignment is required, so a misaligned file is an error
 /// rather than a silent copy.
-fn decode_batches(buffer: &Buffer) -> Result<Vec<RecordBatch>> {
+fn decode_batches(buffer: &Buffer, written: Written) -> Result<Vec<RecordBatch>> {
     let bad = |m: &str| LeafError::Internal(format!("IPC file: {m}"));
     if buffer.len() < 10 {
         return Err(bad("too short"));
@@ -184,6 +197,15 @@ fn decode_batches(buffer: &Buffer) -> Result<Vec<RecordBatch>> {
         footer.schema().ok_or_else(|| bad("no schema"))?,
     ));
     let mut decoder = FileDecoder::new(schema, footer.version()).with_require_alignment(true);
+    if written == Written::ByUs {
+        // SAFETY: `write_block` wrote this file just now with Arrow's
+        // FileWriter from record batches in memory, which are valid arrays
+        // (each was validated when it was decoded from its client's frame or
+        // built by Arrow's checked constructors); the file is in the leaf's
+        // own folder and is never written again while mapped (module docs),
+        // so the bytes decoded are the valid ones written.
+        decoder = unsafe { decoder.with_skip_validation(true) };
+    }
     for block in footer.dictionaries().iter().flatten() {
         let (offset, len) =
             block_range(block, buffer.len()).ok_or_else(|| bad("dictionary out of range"))?;
@@ -206,6 +228,68 @@ fn decode_batches(buffer: &Buffer) -> Result<Vec<RecordBatch>> {
     Ok(batches)
 }
 
+/// `strings` as string views, the form blocks keep strings in: a value of
+/// up to 12 bytes is held inside its 16-byte view, a longer one is pointed
+/// at in `strings`' own byte buffer (shared, not copied), which the result
+/// keeps only when some value needs it. Same values and nulls as `strings`;
+/// about four times cheaper than Arrow's general conversion, which goes
+/// through a builder and an out-of-line call per value.
+pub fn string_views(strings: &StringArray) -> StringViewArray {
+    let bytes = strings.value_data();
+    if u32::try_from(bytes.len()).is_err() {
+        // A view addresses its bytes with 32 bits (never reached: frames
+        // and blocks are far smaller).
+        return StringViewArray::from(strings);
+    }
+    let mut long = false;
+    let views: Vec<u128> = strings
+        .value_offsets()
+        .windows(2)
+        .map(|w| {
+            let (start, end) = (w[0] as usize, w[1] as usize);
+            let len = end - start;
+            if len <= 12 {
+                inline_view(bytes, start, len)
+            } else {
+                long = true;
+                let prefix = u32::from_le_bytes(bytes[start..start + 4].try_into().expect("4"));
+                len as u128 | (prefix as u128) << 32 | (start as u128) << 96
+            }
+        })
+        .collect();
+    let buffers = if long {
+        vec![strings.values().clone()]
+    } else {
+        vec![]
+    };
+    // SAFETY: `StringViewArray::try_new` would accept these parts. Every
+    // view describes one value of `strings`, a valid string array (it
+    // passed Arrow's validation when it was decoded or built), whose
+    // offsets lie within `bytes` and cut it into valid UTF-8: a value of up
+    // to 12 bytes is copied whole into its view with its length and zero
+    // padding; a longer one gets its length, its first 4 bytes, buffer 0
+    // (`bytes`, kept in `buffers` whenever such a view exists) and its
+    // start, below `u32::MAX` (checked above). The nulls are `strings`'s.
+    unsafe { StringViewArray::new_unchecked(views.into(), buffers, strings.nulls().cloned()) }
+}
+
+/// The view of the `len <= 12` bytes at `bytes[start..]`: length in the low
+/// 32 bits, the bytes after it, zeros above. Reads 16 bytes at once where
+/// the buffer has them (one load and a mask instead of a copy per length).
+#[inline]
+fn inline_view(bytes: &[u8], start: usize, len: usize) -> u128 {
+    let data = match bytes.get(start..start + 16) {
+        Some(sixteen) => u128::from_le_bytes(sixteen.try_into().expect("16")),
+        None => {
+            let mut tail = [0u8; 16];
+            tail[..len].copy_from_slice(&bytes[start..start + len]);
+            u128::from_le_bytes(tail)
+        }
+    };
+    let mask = (1u128 << (len * 8)) - 1;
+    len as u128 | (data & mask) << 32
+}
+
 fn block_range(block: &datafusion::arrow::ipc::Block, total: usize) -> Option<(usize, usize)> {
     let offset = usize::try_from(block.offset()).ok()?;
     let len =
@@ -216,7 +300,7 @@ fn block_range(block: &datafusion::arrow::ipc::Block, total: usize) -> Option<(u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Array, Int64Array, StringArray};
+    use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
     fn schema() -> SchemaRef {
@@ -367,5 +451,47 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("length"));
+    }
+
+    #[test]
+    fn string_views_hold_the_same_values_and_nulls_as_the_strings() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = ["a", "é", "日", "🦀", "z", "0", " "];
+        let values: Vec<Option<String>> = (0..5000)
+            .map(|_| {
+                (next() % 7 != 0).then(|| {
+                    let chars = (next() % 20) as usize;
+                    (0..chars)
+                        .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                        .collect()
+                })
+            })
+            .collect();
+        let strings = StringArray::from(values.clone());
+        // Whole, sliced (offsets not starting at 0), short values only
+        // (no buffer kept), and the last value at the very end of the bytes.
+        let short: StringArray = ["", "a", "twelve bytes", "é"]
+            .into_iter()
+            .map(Some)
+            .collect();
+        for array in [strings.clone(), strings.slice(1234, 2000), short] {
+            let views = string_views(&array);
+            assert_eq!(views.len(), array.len());
+            assert_eq!(views.nulls(), array.nulls());
+            let expected: Vec<Option<&str>> = array.iter().collect();
+            let got: Vec<Option<&str>> = views.iter().collect();
+            assert_eq!(got, expected);
+            // What Arrow's own checks say of the parts.
+            let (v, b, n) = views.clone().into_parts();
+            StringViewArray::try_new(v, b, n).expect("valid views");
+            let long = array.iter().flatten().any(|s| s.len() > 12);
+            assert_eq!(views.data_buffers().len(), usize::from(long));
+        }
     }
 }

@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{new_null_array, Array, ArrayRef, RecordBatch, RecordBatchOptions};
-use datafusion::arrow::array::{Scalar, TimestampMicrosecondArray};
+use datafusion::arrow::array::{AsArray, Scalar, TimestampMicrosecondArray};
 use datafusion::arrow::compute::kernels::cmp::gt_eq;
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, max, min};
-use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use scuba::limits::{BLOCK_BATCH_ROWS_MIN, BLOCK_ROWS_MAX, TABLE_COLUMNS_MAX};
 use scuba::schema::unify_schemas;
 
@@ -592,6 +592,42 @@ fn join(schema: &SchemaRef, mut batches: Vec<RecordBatch>) -> Result<RecordBatch
     })
 }
 
+/// `batch` with its plain strings (`Utf8`, as clients send them) turned into
+/// string views (`Utf8View`, as leaves keep them; see
+/// [`crate::shm::string_views`]). Every other column is kept as it came.
+pub fn strings_as_views(batch: RecordBatch) -> Result<RecordBatch> {
+    if !batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .any(|f| f.data_type() == &DataType::Utf8)
+    {
+        return Ok(batch);
+    }
+    let schema = batch.schema();
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Utf8 => Arc::new(crate::shm::string_views(c.as_string::<i32>())) as ArrayRef,
+            _ => Arc::clone(c),
+        })
+        .collect();
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
+}
+
 /// Whether a column stored as `ours` may be read as `asked`.
 fn castable(ours: &DataType, asked: &DataType) -> bool {
     ours == asked || (ours == &DataType::Int64 && asked == &DataType::Float64)
@@ -652,6 +688,30 @@ mod tests {
     fn append(t: &mut Table, b: RecordBatch) -> Result<()> {
         let unified = t.check(&b)?;
         t.append(b, unified, None, None, None).map(|_| ())
+    }
+
+    #[test]
+    fn plain_strings_are_kept_as_views_and_other_columns_as_they_came() {
+        let ids: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
+        let names: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("api"),
+            None,
+            Some("a name longer than twelve bytes"),
+        ]));
+        let kept =
+            strings_as_views(batch(vec![("id", Arc::clone(&ids)), ("name", names)])).unwrap();
+        assert_eq!(kept.schema().field(1).data_type(), &DataType::Utf8View);
+        let views = kept.column(1).as_string_view();
+        let got: Vec<Option<&str>> = views.iter().collect();
+        assert_eq!(
+            got,
+            vec![Some("api"), None, Some("a name longer than twelve bytes")]
+        );
+        assert!(Arc::ptr_eq(kept.column(0), &ids), "ints are not copied");
+
+        let no_strings = batch(vec![("id", ids)]);
+        let same = strings_as_views(no_strings.clone()).unwrap();
+        assert_eq!(same.schema(), no_strings.schema());
     }
 
     #[test]
