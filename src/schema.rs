@@ -5,8 +5,9 @@
 //! (UTC). Strings travel from the client as plain `Utf8` (offsets and bytes,
 //! the compact form) and leaves keep them as `Utf8View` (16-byte views, short
 //! strings inline), the form DataFusion filters, groups and compares fastest;
-//! both are the one user-facing type `string`. A table's schema is the union of the columns its rows brought, in
-//! order of first appearance; a column a leaf never saw reads as NULL.
+//! both are the one user-facing type `string`. A table's schema is the union
+//! of the columns its rows brought, in order of first appearance; a column
+//! a leaf never saw reads as NULL.
 
 use std::sync::Arc;
 
