@@ -1,12 +1,14 @@
 //! String group keys as view strings.
 //!
-//! Leaves store strings as `Utf8` (offsets and bytes). DataFusion groups a
-//! `Utf8View` key faster: a value of up to 12 bytes sits inline in its
-//! 16-byte view, so hashing and comparing it touches no second buffer. This
-//! rewrite casts every plain string GROUP BY key to `Utf8View` inside the
-//! aggregate (after any filter, so only the rows that are grouped pay for
-//! the cast), and casts the answer's columns back, so the answer's types
-//! are the same as without it.
+//! DataFusion groups a `Utf8View` key faster than a plain `Utf8` one: a
+//! value of up to 12 bytes sits inline in its 16-byte view, so hashing and
+//! comparing it touches no second buffer. Leaves keep string columns as
+//! views already, so most keys are views; what still arrives plain is a
+//! key computed as `Utf8`, above all a tag (tags are `List<Utf8>`, so
+//! `unnest(tags)` is plain). This rewrite casts every plain string GROUP BY
+//! key to `Utf8View` inside the aggregate (after any filter, so only the
+//! rows that are grouped pay for the cast), and casts the answer's columns
+//! back, so the answer's types are the same as without it.
 //!
 //! It runs on the logical plan before DataFusion optimizes it; the leaves
 //! then run the cast in their partial aggregate.

@@ -455,20 +455,15 @@ mod tests {
 
     #[test]
     fn string_views_hold_the_same_values_and_nulls_as_the_strings() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let alphabet = ["a", "é", "日", "🦀", "z", "0", " "];
         let values: Vec<Option<String>> = (0..5000)
             .map(|_| {
-                (next() % 7 != 0).then(|| {
-                    let chars = (next() % 20) as usize;
+                rng.random_bool(6.0 / 7.0).then(|| {
+                    let chars = rng.random_range(0..20);
                     (0..chars)
-                        .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                        .map(|_| alphabet[rng.random_range(0..alphabet.len())])
                         .collect()
                 })
             })
