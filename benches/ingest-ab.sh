@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Ingest only, old build against new build, alternating: each round loads
+# the same ROWS `scubactl gen` events with `scubactl ingest < file` into a
+# fresh 4-leaf cluster per build, and prints the wall time and rows/s as
+# scubactl reports them and the CPU (centiseconds, /proc/PID/stat) its
+# servers used. Quicker than benches/ab.sh when a change touches ingest
+# alone. Compare the medians; leave out a round that ran right after a build.
+#
+# Usage: benches/ingest-ab.sh OLD_SCUBACTL NEW_SCUBACTL [ROUNDS]
+set -euo pipefail
+OLD=$1 NEW=$2 ROUNDS=${3:-4} ROWS="${ROWS:-2000000}"
+data="$(mktemp --suffix=.jsonl)"
+dir=""
+cleanup() {
+    rm -f "$data"
+    if [ -n "$dir" ]; then "$NEW" cluster down --dir "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"; fi
+}
+trap cleanup EXIT
+"$NEW" gen --rows "$ROWS" --seed 1 > "$data"
+servers_cs() { # CPU centiseconds of the cluster's servers so far
+    local total=0 p
+    for p in $(pgrep -f "serve --cluster $1/" || true); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    echo "$total"
+}
+for round in $(seq "$ROUNDS"); do
+    for side in old new; do
+        bin=$OLD; [ "$side" = new ] && bin=$NEW
+        dir="$(mktemp -d)"
+        "$bin" cluster up --leaves 4 --dir "$dir" >/dev/null 2>&1
+        cat "$data" > /dev/null # in the page cache, as for every load
+        before=$(servers_cs "$dir")
+        out=$("$bin" ingest --table events --dir "$dir" < "$data" 2>&1 | tail -1)
+        after=$(servers_cs "$dir")
+        echo "round $round $side: $(grep -o '[0-9.]* s, [0-9]* rows/s' <<<"$out") servers_cpu_cs $((after - before))"
+        "$bin" cluster down --dir "$dir" >/dev/null 2>&1
+        rm -rf "$dir"
+        dir=""
+    done
+done
