@@ -232,8 +232,8 @@ fn decode_batches(buffer: &Buffer, written: Written) -> Result<Vec<RecordBatch>>
 /// up to 12 bytes is held inside its 16-byte view, a longer one is pointed
 /// at in `strings`' own byte buffer (shared, not copied), which the result
 /// keeps only when some value needs it. Same values and nulls as `strings`;
-/// about four times cheaper than Arrow's general conversion, which goes
-/// through a builder and an out-of-line call per value.
+/// Arrow's general conversion goes through a builder and an out-of-line call
+/// per value, which cost the leaves about 11% of their ingest samples.
 pub fn string_views(strings: &StringArray) -> StringViewArray {
     let bytes = strings.value_data();
     if u32::try_from(bytes.len()).is_err() {
