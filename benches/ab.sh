@@ -16,13 +16,7 @@ OLD=$1 NEW=$2 ROUNDS=${3:-3}
 data="$(mktemp --suffix=.jsonl)"
 trap 'rm -f "$data"' EXIT
 "$NEW" gen --rows 2000000 --seed 1 > "$data"
-servers_cs() { # CPU centiseconds of the cluster's servers so far
-    local total=0 p
-    for p in $(pgrep -f "leaf serve --cluster $1/|aggregator serve --cluster $1/" || true); do
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-    done
-    echo "$total"
-}
+source "$(dirname "$0")/lib.sh"
 udp_drops() { # datagrams the kernel dropped for full socket buffers, so far
     awk '/^Udp:/ {getline; print $6; exit}' /proc/net/snmp
 }

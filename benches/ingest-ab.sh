@@ -17,13 +17,7 @@ cleanup() {
 }
 trap cleanup EXIT
 "$NEW" gen --rows "$ROWS" --seed 1 > "$data"
-servers_cs() { # CPU centiseconds of the cluster's servers so far
-    local total=0 p
-    for p in $(pgrep -f "serve --cluster $1/" || true); do
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-    done
-    echo "$total"
-}
+source "$(dirname "$0")/lib.sh"
 for round in $(seq "$ROUNDS"); do
     for side in old new; do
         bin=$OLD; [ "$side" = new ] && bin=$NEW

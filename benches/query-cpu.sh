@@ -8,6 +8,7 @@
 # Usage: benches/query-cpu.sh [SCUBACTL]   (default: the release build)
 #        N=300 ROWS=2000000 SQL="SELECT ..." benches/query-cpu.sh
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/scuba-target}"
 S="${1:-$CARGO_TARGET_DIR/release/scubactl}"
 N="${N:-300}" ROWS="${ROWS:-2000000}"
@@ -19,10 +20,10 @@ trap '"$S" cluster down --dir "$dir" >/dev/null 2>&1 || true; rm -rf "$dir"' EXI
 "$S" query --dir "$dir" --repeat 20 "$SQL" >/dev/null 2>&1 # warm-up
 pids=$(pgrep -f "serve --cluster $dir/")
 declare -A before
-for p in $pids; do before[$p]=$(awk '{print $14 + $15}' "/proc/$p/stat"); done
+for p in $pids; do before[$p]=$(cpu_cs "$p"); done
 "$S" query --dir "$dir" --repeat "$N" "$SQL" 2>&1 >/dev/null | tail -1
 for p in $pids; do
-    used=$(( $(awk '{print $14 + $15}' "/proc/$p/stat") - before[$p] ))
+    used=$(( $(cpu_cs "$p") - before[$p] ))
     role=$(tr '\0' ' ' < "/proc/$p/cmdline" | grep -o -- '--id [^ ]*' | cut -d' ' -f2 || echo aggregator)
     echo "$role: $((used * 10000 / N)) us of CPU per query"
 done

@@ -1082,6 +1082,14 @@ impl BatchBuilder {
             column.push(src, &read.tags, entry.value);
             has_time |= i == TIME_INDEX;
         }
+        self.end_line(line, len_bytes, rows, has_time);
+        true
+    }
+
+    /// Completes a line whose values are stored: the ingest time when it
+    /// had none, and its number and size in the batch.
+    #[inline]
+    fn end_line(&mut self, line: u64, len_bytes: usize, rows: usize, has_time: bool) {
         if !has_time {
             let column = &mut self.columns[TIME_INDEX];
             column.pad_to(rows);
@@ -1089,7 +1097,6 @@ impl BatchBuilder {
         }
         self.lines.push(line);
         self.bytes += len_bytes;
-        true
     }
 
     /// The column of a line's `k`-th key when it is not where the last
@@ -1272,13 +1279,7 @@ impl BatchBuilder {
             has_time |= i == TIME_INDEX;
         }
         drop(known);
-        if !has_time {
-            let column = &mut self.columns[TIME_INDEX];
-            column.pad_to(rows);
-            column.push("", &[], Raw::Time(self.ingest_time_us));
-        }
-        self.lines.push(line);
-        self.bytes += len_bytes;
+        self.end_line(line, len_bytes, rows, has_time);
         Ok(())
     }
 
