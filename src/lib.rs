@@ -24,6 +24,7 @@
 pub mod coverage;
 pub mod decode;
 pub mod error;
+pub mod functions;
 pub mod ipc;
 pub mod limits;
 pub mod render;

@@ -413,7 +413,7 @@ impl Leaf {
             exit: tokio::sync::Notify::new(),
             pending: std::sync::Mutex::new(pending),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
-            task: SessionContext::new_with_config(config).task_ctx(),
+            task: task_context(config),
             fragments: std::sync::Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(scuba::limits::FRAGMENT_CACHE_ENTRIES_MAX)
                     .expect("a bound above 0"),
@@ -1167,6 +1167,16 @@ fn clear_dir(dir: &std::path::Path) {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+/// The context fragments are decoded and run with: DataFusion's functions,
+/// with the database's own in place of some ([`scuba::functions`]).
+fn task_context(config: SessionConfig) -> Arc<TaskContext> {
+    let ctx = SessionContext::new_with_config(config);
+    for udf in scuba::functions::scalar_udfs() {
+        ctx.register_udf(udf);
+    }
+    ctx.task_ctx()
 }
 
 fn now_us() -> i64 {
