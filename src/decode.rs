@@ -13,7 +13,9 @@
 //! JSON lines of the common shapes are read by a small hand-written reader
 //! (`json::fast`) into spans of the line, with no allocation per line;
 //! anything else (escapes, syntax errors, nesting) goes through serde_json,
-//! which also words the errors. Several builders (one per decoding thread)
+//! which also words the errors. A line is first read against the keys most
+//! lines of the batch have had, in their order (`ShapeKeys`): matched as
+//! text, they need no scanning, and their columns no lookup. Several builders (one per decoding thread)
 //! can share one [`KnownTypes`], kept in input order by a [`ChunkOrder`].
 //! [`LineReader`] reads lines one at a time, for callers that want them so.
 //!
@@ -426,6 +428,83 @@ struct LineEntries {
     scratch: String,
 }
 
+/// The keys of a shape most lines of a source have, as their text has
+/// them (each in its quotes, one after another), for reading a line
+/// expected to list them ([`json::fast::read_line_shaped`]), and the
+/// column of each. Kept while most lines are read in it, so a source whose
+/// lines sometimes leave out a key does not unseat it; replaced by the
+/// last line's shape when lines miss it. Empty when some key's text would
+/// differ from its name (an escape), or a key is new.
+#[derive(Debug, Default)]
+struct ShapeKeys {
+    quoted: Vec<u8>,
+    ends: Vec<usize>,
+    columns: Vec<usize>,
+    /// The position of the time column's key.
+    time_at: Option<usize>,
+    /// Lines read in this shape lately, less [`ShapeKeys::MISS_COST`] for
+    /// each line that was not; at 0 the shape is replaced.
+    credit: u8,
+    /// Lines of this builder read in a shape, and lines that missed one:
+    /// when most miss, reading in a shape first is not worth it.
+    hits: u32,
+    misses: u32,
+}
+
+impl ShapeKeys {
+    const CREDIT_MAX: u8 = 64;
+    const CREDIT_START: u8 = 4;
+    const MISS_COST: u8 = 4;
+
+    fn set(&mut self, shape: &[usize], columns: &[Column]) {
+        self.quoted.clear();
+        self.ends.clear();
+        self.columns.clear();
+        self.time_at = None;
+        self.credit = Self::CREDIT_START;
+        for (k, &i) in shape.iter().enumerate() {
+            let Some(column) = columns.get(i) else {
+                self.ends.clear();
+                return;
+            };
+            let plain = column
+                .name
+                .bytes()
+                .all(|c| c >= 0x20 && c != b'"' && c != b'\\');
+            if !plain {
+                self.ends.clear();
+                return;
+            }
+            self.quoted.push(b'"');
+            self.quoted.extend_from_slice(column.name.as_bytes());
+            self.quoted.push(b'"');
+            self.ends.push(self.quoted.len());
+            self.columns.push(i);
+            if i == TIME_INDEX {
+                self.time_at = Some(k);
+            }
+        }
+    }
+
+    fn worth_trying(&self) -> bool {
+        !self.ends.is_empty() && self.misses <= self.hits / 4 + 4
+    }
+
+    fn stale(&self) -> bool {
+        self.ends.is_empty() || self.credit == 0
+    }
+
+    fn hit(&mut self) {
+        self.credit = (self.credit + 1).min(Self::CREDIT_MAX);
+        self.hits += 1;
+    }
+
+    fn missed(&mut self) {
+        self.credit = self.credit.saturating_sub(Self::MISS_COST);
+        self.misses += 1;
+    }
+}
+
 impl LineEntries {
     fn clear(&mut self) {
         self.entries.clear();
@@ -825,6 +904,8 @@ pub struct BatchBuilder {
     /// key is compared with one name found without the keys before it (the
     /// followers' chain of loads, from key to key, is the fallback).
     shape: Vec<usize>,
+    /// `shape`'s keys as text.
+    shape_keys: ShapeKeys,
     /// The line being read (reused from line to line).
     read: LineEntries,
     /// Counts lines pushed, to find a key named twice (`Column::seen_in`).
@@ -856,6 +937,7 @@ impl BatchBuilder {
             first_key: TIME_INDEX,
             slots: Vec::new(),
             shape: Vec::new(),
+            shape_keys: ShapeKeys::default(),
             read: LineEntries::default(),
             stamp: 0,
             lines: Vec::new(),
@@ -913,7 +995,20 @@ impl BatchBuilder {
         // anything else (escapes, syntax errors, nesting, a bad time) goes
         // through serde_json, which also words the errors.
         let mut read = std::mem::take(&mut self.read);
-        let result = if json::fast::read_line(text, &self.time_column, &mut read) {
+        let shaped = self.shape_keys.worth_trying()
+            && json::fast::read_line_shaped(text, &self.shape_keys, &mut read);
+        let result = if shaped {
+            self.shape_keys.hit();
+            // Its keys are known: only its values are checked.
+            if self.push_in_shape::<true>(line, text.len(), text, &read) {
+                Ok(())
+            } else {
+                self.push_entries(line, text.len(), text, &read)
+            }
+        } else if json::fast::read_line(text, &self.time_column, &mut read) {
+            if self.shape_keys.worth_trying() {
+                self.shape_keys.missed();
+            }
             self.push_entries(line, text.len(), text, &read)
         } else {
             match json::read_line_serde(text, &self.time_column, &mut read) {
@@ -1022,7 +1117,7 @@ impl BatchBuilder {
         src: &str,
         read: &LineEntries,
     ) -> Result<(), Rejection> {
-        if self.push_in_shape(line, len_bytes, src, read) {
+        if self.push_in_shape::<false>(line, len_bytes, src, read) {
             return Ok(());
         }
         // One buffer for every line's column slots.
@@ -1039,8 +1134,12 @@ impl BatchBuilder {
     /// line's columns are distinct: a line naming one twice never sets the
     /// shape) and no known types. False, with nothing added, for any other
     /// line, which `push_entries_into` then takes the long way.
+    ///
+    /// With `KEYS_READ` the line was read against [`ShapeKeys`], so its
+    /// keys are that shape's columns (distinct for the same reason) and
+    /// need no comparing again.
     #[inline]
-    fn push_in_shape(
+    fn push_in_shape<const KEYS_READ: bool>(
         &mut self,
         line: u64,
         len_bytes: usize,
@@ -1048,14 +1147,18 @@ impl BatchBuilder {
         read: &LineEntries,
     ) -> bool {
         let entries = &read.entries;
-        if entries.len() != self.shape.len() {
+        let shape = match KEYS_READ {
+            true => &self.shape_keys.columns,
+            false => &self.shape,
+        };
+        if entries.len() != shape.len() {
             return false;
         }
-        for (entry, &i) in entries.iter().zip(&self.shape) {
+        for (entry, &i) in entries.iter().zip(shape) {
             let Some(column) = self.columns.get(i) else {
                 return false;
             };
-            if !same_key(column.name.as_bytes(), entry.key.bytes(src)) {
+            if !KEYS_READ && !same_key(column.name.as_bytes(), entry.key.bytes(src)) {
                 return false;
             }
             let fits = match (column.column_type, entry.value) {
@@ -1073,7 +1176,7 @@ impl BatchBuilder {
         self.stamp += 1;
         let rows = self.rows();
         let mut has_time = false;
-        for (entry, &i) in entries.iter().zip(&self.shape) {
+        for (entry, &i) in entries.iter().zip(shape) {
             if let Raw::Null = entry.value {
                 continue; // the column pads it
             }
@@ -1194,6 +1297,9 @@ impl BatchBuilder {
             self.shape.clear();
             self.shape
                 .extend(slots.iter().map(|slot| slot.unwrap_or(NO_COLUMN)));
+            if self.shape_keys.stale() {
+                self.shape_keys.set(&self.shape, &self.columns);
+            }
         }
         // Check the whole line first, so a rejected line leaves no trace;
         // under one lock, so no other builder changes a type in between.
@@ -1452,7 +1558,9 @@ mod json {
     /// then goes to serde_json, the reference: for every line it reads, it
     /// reads what serde_json reads (tested against it).
     pub mod fast {
-        use super::super::{seconds_to_us, time_from_text, Cell, Entry, LineEntries, Raw, Span};
+        use super::super::{
+            seconds_to_us, time_from_text, Cell, Entry, LineEntries, Raw, ShapeKeys, Span,
+        };
 
         fn span(start: usize, end: usize) -> Span {
             Span {
@@ -1499,6 +1607,50 @@ mod json {
                 }
             }
             (skip_ws(b, i) == b.len()).then_some(())
+        }
+
+        /// [`read_line`] for a line expected to list `keys`, in their order
+        /// and as they are written there; false when it does not (then
+        /// `read_line` reads it) or when `read_line` would decline it.
+        pub(in super::super) fn read_line_shaped(
+            text: &str,
+            keys: &ShapeKeys,
+            out: &mut LineEntries,
+        ) -> bool {
+            out.clear();
+            read_shaped(text, keys, out).is_some()
+        }
+
+        fn read_shaped(text: &str, keys: &ShapeKeys, out: &mut LineEntries) -> Option<()> {
+            let b = text.as_bytes();
+            let mut i = skip_ws(b, 0);
+            if b.get(i) != Some(&b'{') || keys.ends.is_empty() {
+                return None;
+            }
+            let mut start = 0;
+            for (k, &end) in keys.ends.iter().enumerate() {
+                let quoted = &keys.quoted[start..end];
+                start = end;
+                // Past the `{` or the `,` before the key.
+                i = skip_ws(b, i + 1);
+                let written = b.get(i..i + quoted.len())?;
+                if !super::super::same_key(written, quoted) {
+                    return None;
+                }
+                let key = span(i + 1, i + quoted.len() - 1);
+                i = skip_ws(b, i + quoted.len());
+                if b.get(i) != Some(&b':') {
+                    return None;
+                }
+                i = skip_ws(b, i + 1);
+                let next = value(text, i, keys.time_at == Some(k), key, out)?;
+                i = skip_ws(b, next);
+                let close = if k + 1 == keys.ends.len() { b'}' } else { b',' };
+                if b.get(i) != Some(&close) {
+                    return None;
+                }
+            }
+            (skip_ws(b, i + 1) == b.len()).then_some(())
         }
 
         /// Bytes that end the plain part of a JSON string: its closing
@@ -2202,6 +2354,91 @@ mod tests {
     }
 
     #[test]
+    fn lines_read_against_the_usual_keys_land_as_any_other() {
+        let mut b = builder();
+        let usual = |t: i64| format!(r#"{{"time": {t}, "x": {t}, "s": "s{t}", "tags": ["a"]}}"#);
+        // Lines of the usual shape, some leaving a key out, a few with
+        // spaces elsewhere or a key that starts like a usual one.
+        let lines = [
+            usual(1),
+            usual(2),
+            usual(3),
+            r#"{"time": 4, "s": "s4", "tags": []}"#.to_string(),
+            usual(5),
+            r#"{ "time" :6 ,"x":6,  "s" : "s6" , "tags":["a","b"] }"#.to_string(),
+            r#"{"time": 7, "xy": 7, "s": "s7", "tags": []}"#.to_string(),
+            usual(8),
+            r#"{"time": 9, "x": 9.5, "s": "s9", "tags": []}"#.to_string(),
+            usual(10),
+        ];
+        for (n, line) in lines.iter().enumerate() {
+            b.push_json(n as u64 + 1, line).unwrap();
+        }
+        // Read in the usual shape, a value that does not fit its column and
+        // a bad time are refused as on any other line.
+        let err = b
+            .push_json(11, r#"{"time": 11, "x": "eleven", "s": "s11", "tags": []}"#)
+            .unwrap_err();
+        assert!(err.reason.contains("column `x`"), "{err}");
+        let err = b
+            .push_json(12, r#"{"time": "noon", "x": 12, "s": "s12", "tags": []}"#)
+            .unwrap_err();
+        assert!(err.reason.contains("column `time`"), "{err}");
+        // Lines 3, 5, 6, 9, 10 and 11 were read against the usual keys
+        // (two misses close together, lines 4 and 7, unseated them; line 8
+        // set them again).
+        assert_eq!(b.shape_keys.hits, 6);
+        let batch = b.finish().unwrap().unwrap().batch;
+        assert_eq!(batch.num_rows(), 10);
+        let x = batch.column_by_name("x").unwrap();
+        let x = x.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+        assert_eq!(
+            x.iter().collect::<Vec<_>>(),
+            [1.0, 2.0, 3.0, -1.0, 5.0, 6.0, -1.0, 8.0, 9.5, 10.0].map(|v| (v >= 0.0).then_some(v))
+        );
+        let xy = batch.column_by_name("xy").unwrap();
+        assert_eq!(xy.as_primitive::<Int64Type>().value(6), 7);
+        assert_eq!(xy.null_count(), 9);
+        let s = batch.column_by_name("s").unwrap().as_string::<i32>();
+        let expected: Vec<String> = (1..=10).map(|t| format!("s{t}")).collect();
+        assert_eq!(
+            s.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>(),
+            expected
+        );
+        let tags = batch.column_by_name("tags").unwrap().as_list::<i32>();
+        assert_eq!(tags.value_length(5), 2);
+        assert_eq!(tags.value_length(3), 0);
+    }
+
+    #[test]
+    fn a_source_that_changes_shape_every_line_is_read_whole() {
+        let mut b = builder();
+        for t in 1..=40 {
+            let line = match t % 2 {
+                0 => format!(r#"{{"time": {t}, "a": {t}, "b\"q": "x"}}"#),
+                _ => format!(r#"{{"time": {t}, "b\"q": "y", "c": true}}"#),
+            };
+            b.push_json(t as u64, &line).unwrap();
+        }
+        // Lines are no longer read against a shape once most missed it.
+        assert_eq!(b.shape_keys.hits, 0);
+        assert!(b.shape_keys.misses <= 5, "{}", b.shape_keys.misses);
+        let batch = b.finish().unwrap().unwrap().batch;
+        assert_eq!(batch.num_rows(), 40);
+        let a = batch
+            .column_by_name("a")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        assert_eq!(a.null_count(), 20);
+        assert_eq!(a.value(1), 2);
+        let quoted = batch.column_by_name("b\"q").unwrap().as_string::<i32>();
+        assert_eq!(quoted.value(0), "y");
+        assert_eq!(quoted.value(1), "x");
+        let c = batch.column_by_name("c").unwrap().as_boolean();
+        assert_eq!(c.true_count(), 20);
+    }
+
+    #[test]
     fn known_cluster_types_reject_conflicts_in_later_ingests() {
         let known = Schema::new(vec![Field::new("x", DataType::Utf8, true)]);
         let mut b = builder().with_known_types(&known);
@@ -2378,6 +2615,58 @@ mod tests {
             r#"{"a": 1"#,
         ] {
             assert!(!assert_fast_reads_as_serde(text), "read {text}");
+        }
+    }
+
+    fn shape_keys(names: &[&str]) -> ShapeKeys {
+        let mut keys = ShapeKeys::default();
+        for (k, name) in names.iter().enumerate() {
+            keys.quoted
+                .extend_from_slice(format!("\"{name}\"").as_bytes());
+            keys.ends.push(keys.quoted.len());
+            if *name == "time" {
+                keys.time_at = Some(k);
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn the_reader_for_known_keys_reads_what_the_fast_reader_reads_or_declines() {
+        let read_both = |names: &[&str], text: &str| {
+            let mut shaped = LineEntries::default();
+            if !json::fast::read_line_shaped(text, &shape_keys(names), &mut shaped) {
+                return false;
+            }
+            let mut fast = LineEntries::default();
+            assert!(json::fast::read_line(text, "time", &mut fast), "{text}");
+            assert_eq!(resolved(text, &shaped), resolved(text, &fast), "{text}");
+            true
+        };
+        let abc = ["time", "a", "b"];
+        for text in [
+            r#"{"time": 1700000000, "a": 1.5, "b": ["x", "y"]}"#,
+            r#" {  "time"  :  "2024-01-01T00:00:00Z" ,"a":null,"b":[] } "#,
+            r#"{"time": 1, "a": "s", "b": true}"#,
+        ] {
+            assert!(read_both(&abc, text), "declined {text}");
+        }
+        for text in [
+            r#"{"time": 1, "a": 1}"#,
+            r#"{"time": 1, "a": 1, "b": 2, "c": 3}"#,
+            r#"{"time": 1, "b": 2, "a": 1}"#,
+            r#"{"time": 1, "ab": 1, "b": 2}"#,
+            r#"{"time": 1, "a\u0062": 1, "b": 2}"#,
+            r#"{"time": 1, "a": 1, "b": 2"#,
+            r#"{"time": 1, "a": 1, "b": 2} x"#,
+            r#"{"time": true, "a": 1, "b": 2}"#,
+            r#"{"time": 1, "a": {"b": 1}, "b": 2}"#,
+            r#"{"time": 1 "a": 1, "b": 2}"#,
+            r#"{"time": 1, "a": 1, "b": 2,}"#,
+            r#"{"time"#,
+            "",
+        ] {
+            assert!(!read_both(&abc, text), "read {text}");
         }
     }
 
