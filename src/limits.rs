@@ -75,3 +75,14 @@ pub const QUERY_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 
 /// Longest deadline a client may ask for.
 pub const QUERY_TIMEOUT_MS_MAX: u64 = 600_000;
+
+/// glibc's malloc (set by `scubactl` at start-up): an allocation below this
+/// comes from an arena, whose freed memory is used again, rather than from
+/// a fresh `mmap` whose pages are faulted in and zeroed again each time. A
+/// batch's buffers are 0.1–2 MiB, allocated and freed batch after batch.
+/// 32 MiB is the largest glibc takes.
+pub const MALLOC_MMAP_THRESHOLD_BYTES: usize = 32 * 1024 * 1024;
+
+/// Free memory at the top of a malloc arena kept for reuse instead of given
+/// back to the system (glibc's default follows the mmap threshold).
+pub const MALLOC_TRIM_THRESHOLD_BYTES: usize = 32 * 1024 * 1024;
