@@ -14,9 +14,10 @@
 //! (`json::fast`) into spans of the line, with no allocation per line;
 //! anything else (escapes, syntax errors, nesting) goes through serde_json,
 //! which also words the errors. A line is first read against the keys most
-//! lines of the batch have had, in their order (`ShapeKeys`): matched as
-//! text, they need no scanning, and their columns no lookup. Several builders (one per decoding thread)
-//! can share one [`KnownTypes`], kept in input order by a [`ChunkOrder`].
+//! lines have had, in their order (`ShapeKeys`): matched as text, they need
+//! no scanning, and their columns no lookup. Several builders (one per
+//! decoding thread) can share one [`KnownTypes`], kept in input order by a
+//! [`ChunkOrder`].
 //! [`LineReader`] reads lines one at a time, for callers that want them so.
 //!
 //! A line is checked whole before any of its values is kept, so a rejected
@@ -904,7 +905,8 @@ pub struct BatchBuilder {
     /// key is compared with one name found without the keys before it (the
     /// followers' chain of loads, from key to key, is the fallback).
     shape: Vec<usize>,
-    /// `shape`'s keys as text.
+    /// The keys most lines have had lately, as text, and their columns
+    /// (columns are only ever added, so their positions stay valid).
     shape_keys: ShapeKeys,
     /// The line being read (reused from line to line).
     read: LineEntries,
