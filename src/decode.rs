@@ -463,19 +463,12 @@ impl ShapeKeys {
         self.columns.clear();
         self.time_at = None;
         self.credit = Self::CREDIT_START;
+        let as_written = |c: &&Column| c.name.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
         for (k, &i) in shape.iter().enumerate() {
-            let Some(column) = columns.get(i) else {
+            let Some(column) = columns.get(i).filter(as_written) else {
                 self.ends.clear();
                 return;
             };
-            let plain = column
-                .name
-                .bytes()
-                .all(|c| c >= 0x20 && c != b'"' && c != b'\\');
-            if !plain {
-                self.ends.clear();
-                return;
-            }
             self.quoted.push(b'"');
             self.quoted.extend_from_slice(column.name.as_bytes());
             self.quoted.push(b'"');
@@ -997,8 +990,8 @@ impl BatchBuilder {
         // anything else (escapes, syntax errors, nesting, a bad time) goes
         // through serde_json, which also words the errors.
         let mut read = std::mem::take(&mut self.read);
-        let shaped = self.shape_keys.worth_trying()
-            && json::fast::read_line_shaped(text, &self.shape_keys, &mut read);
+        let tried = self.shape_keys.worth_trying();
+        let shaped = tried && json::fast::read_line_shaped(text, &self.shape_keys, &mut read);
         let result = if shaped {
             self.shape_keys.hit();
             // Its keys are known: only its values are checked.
@@ -1008,7 +1001,7 @@ impl BatchBuilder {
                 self.push_entries(line, text.len(), text, &read)
             }
         } else if json::fast::read_line(text, &self.time_column, &mut read) {
-            if self.shape_keys.worth_trying() {
+            if tried {
                 self.shape_keys.missed();
             }
             self.push_entries(line, text.len(), text, &read)
@@ -1575,27 +1568,87 @@ mod json {
         /// of `text`); false when it declines the line.
         pub fn read_line(text: &str, time_column: &str, out: &mut LineEntries) -> bool {
             out.clear();
-            read(text, time_column, out).is_some()
+            read(text, &AnyKeys { time_column }, out).is_some()
         }
 
-        fn read(text: &str, time_column: &str, out: &mut LineEntries) -> Option<()> {
+        /// [`read_line`] for a line expected to list `keys`, in their order
+        /// and as they are written there; false when it does not (then
+        /// `read_line` reads it) or when `read_line` would decline it.
+        pub(in super::super) fn read_line_shaped(
+            text: &str,
+            keys: &ShapeKeys,
+            out: &mut LineEntries,
+        ) -> bool {
+            out.clear();
+            read(text, keys, out).is_some()
+        }
+
+        /// How [`read`] finds a line's keys.
+        trait Keys {
+            /// The line's `k`-th key, at `i`: its span, the index past it,
+            /// and whether it names the time column.
+            fn key(&self, text: &str, i: usize, k: usize) -> Option<(Span, usize, bool)>;
+            /// Whether a line of `count` keys has them all.
+            fn complete(&self, count: usize) -> bool;
+        }
+
+        /// Any keys, each scanned to its closing quote.
+        struct AnyKeys<'a> {
+            time_column: &'a str,
+        }
+
+        impl Keys for AnyKeys<'_> {
+            #[inline(always)]
+            fn key(&self, text: &str, i: usize, _k: usize) -> Option<(Span, usize, bool)> {
+                let (key, next) = string(text.as_bytes(), i)?;
+                let time = super::super::same_key(key.bytes(text), self.time_column.as_bytes());
+                Some((key, next, time))
+            }
+
+            fn complete(&self, _count: usize) -> bool {
+                true
+            }
+        }
+
+        /// The shape's keys, each matched as text.
+        impl Keys for ShapeKeys {
+            #[inline(always)]
+            fn key(&self, text: &str, i: usize, k: usize) -> Option<(Span, usize, bool)> {
+                let end = *self.ends.get(k)?;
+                let start = k.checked_sub(1).map_or(0, |p| self.ends[p]);
+                let quoted = &self.quoted[start..end];
+                let written = text.as_bytes().get(i..i + quoted.len())?;
+                if !super::super::same_key(written, quoted) {
+                    return None;
+                }
+                let key = span(i + 1, i + quoted.len() - 1);
+                Some((key, i + quoted.len(), self.time_at == Some(k)))
+            }
+
+            fn complete(&self, count: usize) -> bool {
+                count == self.ends.len()
+            }
+        }
+
+        fn read(text: &str, keys: &impl Keys, out: &mut LineEntries) -> Option<()> {
             let b = text.as_bytes();
             let mut i = skip_ws(b, 0);
             if b.get(i) != Some(&b'{') {
                 return None;
             }
             i = skip_ws(b, i + 1);
+            let mut count = 0;
             if b.get(i) == Some(&b'}') {
                 i += 1;
             } else {
                 loop {
-                    let (key, next) = string(b, i)?;
+                    let (key, next, time) = keys.key(text, i, count)?;
+                    count += 1;
                     i = skip_ws(b, next);
                     if b.get(i) != Some(&b':') {
                         return None;
                     }
                     i = skip_ws(b, i + 1);
-                    let time = super::super::same_key(key.bytes(text), time_column.as_bytes());
                     let next = value(text, i, time, key, out)?;
                     i = skip_ws(b, next);
                     match b.get(i) {
@@ -1608,51 +1661,7 @@ mod json {
                     }
                 }
             }
-            (skip_ws(b, i) == b.len()).then_some(())
-        }
-
-        /// [`read_line`] for a line expected to list `keys`, in their order
-        /// and as they are written there; false when it does not (then
-        /// `read_line` reads it) or when `read_line` would decline it.
-        pub(in super::super) fn read_line_shaped(
-            text: &str,
-            keys: &ShapeKeys,
-            out: &mut LineEntries,
-        ) -> bool {
-            out.clear();
-            read_shaped(text, keys, out).is_some()
-        }
-
-        fn read_shaped(text: &str, keys: &ShapeKeys, out: &mut LineEntries) -> Option<()> {
-            let b = text.as_bytes();
-            let mut i = skip_ws(b, 0);
-            if b.get(i) != Some(&b'{') || keys.ends.is_empty() {
-                return None;
-            }
-            let mut start = 0;
-            for (k, &end) in keys.ends.iter().enumerate() {
-                let quoted = &keys.quoted[start..end];
-                start = end;
-                // Past the `{` or the `,` before the key.
-                i = skip_ws(b, i + 1);
-                let written = b.get(i..i + quoted.len())?;
-                if !super::super::same_key(written, quoted) {
-                    return None;
-                }
-                let key = span(i + 1, i + quoted.len() - 1);
-                i = skip_ws(b, i + quoted.len());
-                if b.get(i) != Some(&b':') {
-                    return None;
-                }
-                i = skip_ws(b, i + 1);
-                let next = value(text, i, keys.time_at == Some(k), key, out)?;
-                i = skip_ws(b, next);
-                let close = if k + 1 == keys.ends.len() { b'}' } else { b',' };
-                if b.get(i) != Some(&close) {
-                    return None;
-                }
-            }
-            (skip_ws(b, i + 1) == b.len()).then_some(())
+            (keys.complete(count) && skip_ws(b, i) == b.len()).then_some(())
         }
 
         /// Bytes that end the plain part of a JSON string: its closing

@@ -268,8 +268,8 @@ const LEAF_CLOSE_GRACE_MS: u64 = 5;
 /// Has glibc's malloc keep freed memory for reuse (the bounds are in
 /// `scuba::limits`). Ingest allocates and frees a batch's buffers batch after
 /// batch, in the client and in the leaves; served from fresh pages each
-/// time, they cost page faults and zeroing (ingest 0.76 -> 0.73 s at the
-/// medians with these settings given as `GLIBC_TUNABLES`; see the README).
+/// time, they cost page faults and zeroing (`benches/ingest-ab.sh`: 0.755
+/// -> 0.73 s at the medians; see the README).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     use scuba::limits::{MALLOC_MMAP_THRESHOLD_BYTES, MALLOC_TRIM_THRESHOLD_BYTES};
