@@ -104,8 +104,14 @@ fn load(
     Ok((roots, chain, key))
 }
 
+/// ring's suites with AES-128-GCM first: TLS 1.3's mandatory suite, and
+/// its ten rounds cost less per byte than AES-256's fourteen.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 fn transport() -> Arc<TransportConfig> {
