@@ -2,8 +2,8 @@
 # Ingest only, old build against new build, alternating: each round loads
 # the same ROWS `scubactl gen` events with `scubactl ingest < file` into a
 # fresh 4-leaf cluster per build, and prints the wall time and rows/s as
-# scubactl reports them and the CPU (centiseconds, /proc/PID/stat) its
-# servers used. Quicker than benches/ab.sh when a change touches ingest
+# scubactl reports them, the CPU its client used (centiseconds, bash's
+# `time`) and the CPU its servers used (centiseconds, /proc/PID/stat). Quicker than benches/ab.sh when a change touches ingest
 # alone. Compare the medians; leave out a round that ran right after a build.
 #
 # Usage: benches/ingest-ab.sh OLD_SCUBACTL NEW_SCUBACTL [ROUNDS]
@@ -25,9 +25,12 @@ for round in $(seq "$ROUNDS"); do
         "$bin" cluster up --leaves 4 --dir "$dir" >/dev/null 2>&1
         cat "$data" > /dev/null # in the page cache, as for every load
         before=$(servers_cs "$dir")
-        out=$("$bin" ingest --table events --dir "$dir" < "$data" 2>&1 | tail -1)
+        TIMEFORMAT='%3U %3S'
+        client=$({ time "$bin" ingest --table events --dir "$dir" < "$data" > "$dir/ingest.out" 2>&1; } 2>&1)
+        out=$(tail -1 "$dir/ingest.out")
         after=$(servers_cs "$dir")
-        echo "round $round $side: $(grep -o '[0-9.]* s, [0-9]* rows/s' <<<"$out") servers_cpu_cs $((after - before))"
+        client_cs=$(awk '{printf "%d", ($1 + $2) * 100}' <<<"$client")
+        echo "round $round $side: $(grep -o '[0-9.]* s, [0-9]* rows/s' <<<"$out") client_cpu_cs $client_cs servers_cpu_cs $((after - before))"
         "$bin" cluster down --dir "$dir" >/dev/null 2>&1
         rm -rf "$dir"
         dir=""

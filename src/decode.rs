@@ -34,16 +34,16 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::builder::NullBufferBuilder;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder,
-    StringArray, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListArray, StringArray,
+    TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
-use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, Result};
 use crate::limits::{BATCH_BYTES_MAX, BATCH_ROWS_MAX, LINE_BYTES_MAX, TABLE_COLUMNS_MAX};
-use crate::schema::{check_name, ColumnType};
+use crate::schema::{check_name, tags_type, ColumnType};
 
 /// Input formats `scubactl ingest` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +84,31 @@ pub enum Line<'a> {
     NotUtf8 {
         number: u64,
     },
+}
+
+/// One line of a [`TextChunk`], as bytes.
+#[derive(Debug)]
+pub enum LineBytes<'a> {
+    Text {
+        number: u64,
+        bytes: &'a [u8],
+    },
+    /// Longer than [`LINE_BYTES_MAX`]; skipped without being held whole.
+    Oversized {
+        number: u64,
+        len_bytes: usize,
+    },
+}
+
+/// Whether a line is blank: only whitespace (as `str::trim` sees it).
+/// A line that starts with printable ASCII is not, without more ado.
+#[inline]
+pub fn is_blank(line: &[u8]) -> bool {
+    match line.first() {
+        None => true,
+        Some(&c) if c.is_ascii_graphic() => false,
+        Some(_) => std::str::from_utf8(line).is_ok_and(|t| t.trim().is_empty()),
+    }
 }
 
 /// Input cut at line ends, for decoding on several threads: the reader only
@@ -127,6 +152,24 @@ impl TextChunk {
             match String::from_utf8(std::mem::take(&mut self.text)) {
                 Ok(text) => self.utf8 = Some(text),
                 Err(e) => self.text = e.into_bytes(),
+            }
+        }
+    }
+
+    /// Line `i` of the chunk (numbered in the whole input), without its
+    /// line ending, as bytes: whoever reads it checks its UTF-8 (as
+    /// [`BatchBuilder::push_json_bytes`] does, where it must).
+    pub fn line_bytes(&self, i: usize) -> LineBytes<'_> {
+        let number = self.first_line + i as u64;
+        match self.lines[i] {
+            ChunkLine::Oversized { len_bytes } => LineBytes::Oversized { number, len_bytes },
+            ChunkLine::Text { start, end } => {
+                let text = self.utf8.as_deref().map_or(&self.text[..], str::as_bytes);
+                let mut bytes = &text[start as usize..end as usize];
+                if let [rest @ .., b'\r'] = bytes {
+                    bytes = rest;
+                }
+                LineBytes::Text { number, bytes }
             }
         }
     }
@@ -367,16 +410,17 @@ struct Span {
 }
 
 impl Span {
-    #[inline]
-    fn of(self, src: &str) -> &str {
-        &src[self.start as usize..self.end as usize]
+    /// The span's text. Every span is UTF-8: one into a line was checked
+    /// when the line was read (see `json::fast::string`), and one into
+    /// [`LineEntries::scratch`] was made from text.
+    fn of(self, src: &[u8]) -> &str {
+        std::str::from_utf8(self.bytes(src)).expect("spans are UTF-8, checked when read")
     }
 
-    /// The span's bytes: for comparing, without `of`'s checks that the
-    /// span starts and ends on characters.
+    /// The span's bytes.
     #[inline]
-    fn bytes(self, src: &str) -> &[u8] {
-        &src.as_bytes()[self.start as usize..self.end as usize]
+    fn bytes(self, src: &[u8]) -> &[u8] {
+        &src[self.start as usize..self.end as usize]
     }
 }
 
@@ -550,7 +594,7 @@ enum Values {
     Float(Float64Builder),
     Bool(BooleanBuilder),
     Str(StrValues),
-    Tags(ListBuilder<StringBuilder>),
+    Tags(TagValues),
     Time(TimestampMicrosecondBuilder),
 }
 
@@ -561,7 +605,7 @@ impl Values {
             ColumnType::Float64 => Values::Float(Float64Builder::new()),
             ColumnType::Bool => Values::Bool(BooleanBuilder::new()),
             ColumnType::Utf8 => Values::Str(StrValues::with_capacity(0, 0)),
-            ColumnType::Tags => Values::Tags(ListBuilder::new(StringBuilder::new())),
+            ColumnType::Tags => Values::Tags(TagValues::with_capacity(0, 0, 0)),
             ColumnType::Timestamp => Values::Time(TimestampMicrosecondBuilder::new()),
         }
     }
@@ -590,7 +634,7 @@ impl Values {
     /// Stores a value already checked to fit (ints into a float column
     /// allowed); text is read from `src`.
     #[inline]
-    fn push(&mut self, src: &str, tags: &[Span], raw: Raw) {
+    fn push(&mut self, src: &[u8], tags: &[Span], raw: Raw) {
         match (self, raw) {
             (Values::Int(b), Raw::Int(x)) => b.append_value(x),
             (Values::Float(b), Raw::Float(x)) => b.append_value(x),
@@ -598,10 +642,7 @@ impl Values {
             (Values::Bool(b), Raw::Bool(x)) => b.append_value(x),
             (Values::Str(b), Raw::Str(x)) => b.push(src, x),
             (Values::Tags(b), Raw::Tags { first, count }) => {
-                for t in &tags[first as usize..(first + count) as usize] {
-                    b.values().append_value(t.of(src));
-                }
-                b.append(true);
+                b.push(src, &tags[first as usize..(first + count) as usize])
             }
             (Values::Time(b), Raw::Time(x)) => b.append_value(x),
             (values, raw) => unreachable!("value {raw:?} was checked to fit {values:?}"),
@@ -630,13 +671,7 @@ impl Values {
                 Arc::new(a)
             }
             Values::Str(b) => Arc::new(b.finish()),
-            Values::Tags(b) => {
-                let a = b.finish();
-                let items = a.values().as_string::<i32>();
-                let values = StringBuilder::with_capacity(items.len(), items.value_data().len());
-                *b = ListBuilder::with_capacity(values, a.len());
-                Arc::new(a)
-            }
+            Values::Tags(b) => Arc::new(b.finish()),
             Values::Time(b) => {
                 let a = b.finish();
                 *b = TimestampMicrosecondBuilder::with_capacity(a.len());
@@ -678,14 +713,13 @@ impl StrValues {
     }
 
     #[inline]
-    fn push(&mut self, src: &str, value: Span) {
+    fn push(&mut self, src: &[u8], value: Span) {
         let (start, end) = (value.start as usize, value.end as usize);
         let n = end - start;
         if self.len + n + Self::COPY_BYTES > self.text.len() {
             let grown = (self.text.len() * 2).max(self.len + n + Self::COPY_BYTES);
             self.text.resize(grown, 0);
         }
-        let src = src.as_bytes();
         match src.get(start..start + Self::COPY_BYTES) {
             // The bytes after the value land in the slack, and the next
             // value overwrites them.
@@ -721,10 +755,78 @@ impl StrValues {
         let mut nulls = done.nulls;
         let offsets = OffsetBuffer::new(ScalarBuffer::from(done.offsets));
         // Arrow checks the text again (UTF-8, and each value's bounds). Each
-        // value was copied whole from a `&str`, but only `unsafe` could skip
-        // the check, and `unsafe` stays in the leaf's shared-memory module.
+        // value is a span checked when its line was read, but only `unsafe`
+        // could skip the check, and `unsafe` stays in the leaf's
+        // shared-memory module.
         StringArray::try_new(offsets, Buffer::from_vec(text), nulls.finish())
-            .expect("whole `&str` values make UTF-8 text")
+            .expect("spans checked as UTF-8 make UTF-8 text")
+    }
+
+    /// Values held.
+    fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+}
+
+/// A tags column's values: lists of strings, the strings in one
+/// [`StrValues`] (so each is one short move, as a string column's are).
+#[derive(Debug)]
+struct TagValues {
+    items: StrValues,
+    /// Where each list starts in `items`, then where the last one ends.
+    offsets: Vec<i32>,
+    nulls: NullBufferBuilder,
+}
+
+impl TagValues {
+    /// Room for `lists` lists of `items` strings of `text_bytes` bytes.
+    fn with_capacity(lists: usize, items: usize, text_bytes: usize) -> TagValues {
+        let mut offsets = Vec::with_capacity(lists + 1);
+        offsets.push(0);
+        TagValues {
+            items: StrValues::with_capacity(items, text_bytes),
+            offsets,
+            nulls: NullBufferBuilder::new(lists),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, src: &[u8], tags: &[Span]) {
+        for &t in tags {
+            self.items.push(src, t);
+        }
+        self.offsets.push(self.offset());
+        self.nulls.append_non_null();
+    }
+
+    fn append_nulls(&mut self, n: usize) {
+        let at = self.offset();
+        self.offsets.extend(std::iter::repeat_n(at, n));
+        self.nulls.append_n_nulls(n);
+    }
+
+    /// The end of the items so far, as an Arrow offset (a batch holds far
+    /// fewer than 2^31 of them).
+    fn offset(&self) -> i32 {
+        i32::try_from(self.items.len()).expect("a batch's tags are fewer than 2^31")
+    }
+
+    /// The lists so far as an array; starts over with room for as many.
+    fn finish(&mut self) -> ListArray {
+        let lists = self.offsets.len() - 1;
+        let items = self.items.len();
+        let text_bytes = self.items.len;
+        let mut done = std::mem::replace(self, TagValues::with_capacity(lists, items, text_bytes));
+        let DataType::List(field) = tags_type() else {
+            unreachable!("tags are a list")
+        };
+        ListArray::try_new(
+            field,
+            OffsetBuffer::new(ScalarBuffer::from(done.offsets)),
+            Arc::new(done.items.finish()),
+            done.nulls.finish(),
+        )
+        .expect("offsets made one by one over the items")
     }
 }
 
@@ -773,7 +875,7 @@ impl Column {
     }
 
     #[inline]
-    fn push(&mut self, src: &str, tags: &[Span], raw: Raw) {
+    fn push(&mut self, src: &[u8], tags: &[Span], raw: Raw) {
         self.values.push(src, tags, raw);
         self.len += 1;
         self.non_null += 1;
@@ -985,10 +1087,18 @@ impl BatchBuilder {
 
     /// Adds one JSON line; on error the batch is unchanged.
     pub fn push_json(&mut self, line: u64, text: &str) -> Result<(), Rejection> {
+        self.push_json_bytes(line, text.as_bytes())
+    }
+
+    /// Adds one JSON line that may not be UTF-8 (then it is refused); on
+    /// error the batch is unchanged.
+    pub fn push_json_bytes(&mut self, line: u64, text: &[u8]) -> Result<(), Rejection> {
         // Straight from the text into spans and values: no `Value` tree, and
-        // no allocation per line. The fast reader takes the common shapes;
-        // anything else (escapes, syntax errors, nesting, a bad time) goes
-        // through serde_json, which also words the errors.
+        // no allocation per line. The fast reader takes the common shapes,
+        // checking UTF-8 only where a string has a byte past ASCII; anything
+        // else (escapes, syntax errors, nesting, a bad time) is checked as
+        // UTF-8 whole and goes through serde_json, which also words the
+        // errors.
         let mut read = std::mem::take(&mut self.read);
         let tried = self.shape_keys.worth_trying();
         let shaped = tried && json::fast::read_line_shaped(text, &self.shape_keys, &mut read);
@@ -1006,12 +1116,15 @@ impl BatchBuilder {
             }
             self.push_entries(line, text.len(), text, &read)
         } else {
-            match json::read_line_serde(text, &self.time_column, &mut read) {
-                Ok(()) => self.push_entries(line, text.len(), &read.scratch, &read),
-                Err(e) => Err(Rejection {
-                    line,
-                    reason: format!("invalid JSON: {e}"),
-                }),
+            let read_serde = std::str::from_utf8(text)
+                .map_err(|_| "not valid UTF-8".to_string())
+                .and_then(|text| {
+                    json::read_line_serde(text, &self.time_column, &mut read)
+                        .map_err(|e| format!("invalid JSON: {e}"))
+                });
+            match read_serde {
+                Ok(()) => self.push_entries(line, text.len(), read.scratch.as_bytes(), &read),
+                Err(reason) => Err(Rejection { line, reason }),
             }
         };
         self.read = read;
@@ -1062,7 +1175,7 @@ impl BatchBuilder {
             let value = read.raw_of(cell);
             read.push(name, value);
         }
-        let result = self.push_entries(line, text.len(), &read.scratch, &read);
+        let result = self.push_entries(line, text.len(), read.scratch.as_bytes(), &read);
         self.read = read;
         result
     }
@@ -1109,7 +1222,7 @@ impl BatchBuilder {
         &mut self,
         line: u64,
         len_bytes: usize,
-        src: &str,
+        src: &[u8],
         read: &LineEntries,
     ) -> Result<(), Rejection> {
         if self.push_in_shape::<false>(line, len_bytes, src, read) {
@@ -1138,7 +1251,7 @@ impl BatchBuilder {
         &mut self,
         line: u64,
         len_bytes: usize,
-        src: &str,
+        src: &[u8],
         read: &LineEntries,
     ) -> bool {
         let entries = &read.entries;
@@ -1191,7 +1304,7 @@ impl BatchBuilder {
         if !has_time {
             let column = &mut self.columns[TIME_INDEX];
             column.pad_to(rows);
-            column.push("", &[], Raw::Time(self.ingest_time_us));
+            column.push(&[], &[], Raw::Time(self.ingest_time_us));
         }
         self.lines.push(line);
         self.bytes += len_bytes;
@@ -1234,7 +1347,7 @@ impl BatchBuilder {
         &mut self,
         line: u64,
         len_bytes: usize,
-        src: &str,
+        src: &[u8],
         read: &LineEntries,
         slots: &mut Vec<Option<usize>>,
     ) -> Result<(), Rejection> {
@@ -1445,6 +1558,19 @@ fn time_from_text(text: &str) -> Result<Cell<'static>, String> {
         })
 }
 
+/// [`time_from_text`] for a string read from a line, when it is a time;
+/// the common RFC 3339 shape read without the checks of text.
+#[inline]
+fn time_from_bytes(text: &[u8]) -> Option<i64> {
+    if let Some(us) = plain_utc_time_us(text) {
+        return Some(us);
+    }
+    match time_from_text(std::str::from_utf8(text).ok()?) {
+        Ok(Cell::Time(us)) => Some(us),
+        _ => None,
+    }
+}
+
 /// Microseconds since the epoch of the commonest RFC 3339 shape,
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, read as chrono reads it (the fraction
 /// cut to microseconds); `None` for anything else, which chrono then reads
@@ -1554,7 +1680,7 @@ mod json {
     /// reads what serde_json reads (tested against it).
     pub mod fast {
         use super::super::{
-            seconds_to_us, time_from_text, Cell, Entry, LineEntries, Raw, ShapeKeys, Span,
+            seconds_to_us, time_from_bytes, Entry, LineEntries, Raw, ShapeKeys, Span,
         };
 
         fn span(start: usize, end: usize) -> Span {
@@ -1566,7 +1692,7 @@ mod json {
 
         /// Reads the line's (key, value) pairs in order into `out` (spans
         /// of `text`); false when it declines the line.
-        pub fn read_line(text: &str, time_column: &str, out: &mut LineEntries) -> bool {
+        pub fn read_line(text: &[u8], time_column: &str, out: &mut LineEntries) -> bool {
             out.clear();
             read(text, &AnyKeys { time_column }, out).is_some()
         }
@@ -1575,7 +1701,7 @@ mod json {
         /// and as they are written there; false when it does not (then
         /// `read_line` reads it) or when `read_line` would decline it.
         pub(in super::super) fn read_line_shaped(
-            text: &str,
+            text: &[u8],
             keys: &ShapeKeys,
             out: &mut LineEntries,
         ) -> bool {
@@ -1587,7 +1713,7 @@ mod json {
         trait Keys {
             /// The line's `k`-th key, at `i`: its span, the index past it,
             /// and whether it names the time column.
-            fn key(&self, text: &str, i: usize, k: usize) -> Option<(Span, usize, bool)>;
+            fn key(&self, text: &[u8], i: usize, k: usize) -> Option<(Span, usize, bool)>;
             /// Whether a line of `count` keys has them all.
             fn complete(&self, count: usize) -> bool;
         }
@@ -1599,8 +1725,8 @@ mod json {
 
         impl Keys for AnyKeys<'_> {
             #[inline(always)]
-            fn key(&self, text: &str, i: usize, _k: usize) -> Option<(Span, usize, bool)> {
-                let (key, next) = string(text.as_bytes(), i)?;
+            fn key(&self, text: &[u8], i: usize, _k: usize) -> Option<(Span, usize, bool)> {
+                let (key, next) = string(text, i)?;
                 let time = super::super::same_key(key.bytes(text), self.time_column.as_bytes());
                 Some((key, next, time))
             }
@@ -1613,11 +1739,12 @@ mod json {
         /// The shape's keys, each matched as text.
         impl Keys for ShapeKeys {
             #[inline(always)]
-            fn key(&self, text: &str, i: usize, k: usize) -> Option<(Span, usize, bool)> {
+            fn key(&self, text: &[u8], i: usize, k: usize) -> Option<(Span, usize, bool)> {
                 let end = *self.ends.get(k)?;
                 let start = k.checked_sub(1).map_or(0, |p| self.ends[p]);
+                // A column's name, so UTF-8: a line that has it has UTF-8 here.
                 let quoted = &self.quoted[start..end];
-                let written = text.as_bytes().get(i..i + quoted.len())?;
+                let written = text.get(i..i + quoted.len())?;
                 if !super::super::same_key(written, quoted) {
                     return None;
                 }
@@ -1630,8 +1757,11 @@ mod json {
             }
         }
 
-        fn read(text: &str, keys: &impl Keys, out: &mut LineEntries) -> Option<()> {
-            let b = text.as_bytes();
+        /// Outside its strings, a line read here is ASCII (whitespace, JSON's
+        /// punctuation, numbers and literals), and each string is checked as
+        /// UTF-8 ([`string`]): a line that is not UTF-8 is declined.
+        fn read(text: &[u8], keys: &impl Keys, out: &mut LineEntries) -> Option<()> {
+            let b = text;
             let mut i = skip_ws(b, 0);
             if b.get(i) != Some(&b'{') {
                 return None;
@@ -1678,8 +1808,20 @@ mod json {
             t
         };
 
-        /// Length of the plain run at the start of `b`: up to the first byte
-        /// in [`STOPS_STRING`] (none: `None`). Eight bytes at a time.
+        /// [`STOPS_STRING`] and every byte past ASCII.
+        const STOPS_PLAIN: [bool; 256] = {
+            let mut t = STOPS_STRING;
+            let mut c = 0x80;
+            while c < 0x100 {
+                t[c] = true;
+                c += 1;
+            }
+            t
+        };
+
+        /// Length of the plain run at the start of `b`, printable ASCII: up
+        /// to the first byte in [`STOPS_PLAIN`] (none: `None`). Eight bytes
+        /// at a time.
         #[inline]
         pub(crate) fn plain_len(b: &[u8]) -> Option<usize> {
             const ONES: u64 = 0x0101_0101_0101_0101;
@@ -1693,7 +1835,9 @@ mod json {
                 let stops = zeros(w ^ (ONES * u64::from(b'"')))
                     | zeros(w ^ (ONES * u64::from(b'\\')))
                     // Below 0x20: control characters.
-                    | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS);
+                    | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS)
+                    // Past ASCII.
+                    | (w & HIGHS);
                 if stops != 0 {
                     return Some(j + (stops.trailing_zeros() / 8) as usize);
                 }
@@ -1701,7 +1845,7 @@ mod json {
             }
             b[j..]
                 .iter()
-                .position(|&c| STOPS_STRING[c as usize])
+                .position(|&c| STOPS_PLAIN[c as usize])
                 .map(|k| j + k)
         }
 
@@ -1713,23 +1857,37 @@ mod json {
         }
 
         /// The string opening at `i`, if it has no escape or control
-        /// character, and the index after its closing quote.
+        /// character and is UTF-8, and the index after its closing quote.
         #[inline(always)]
         fn string(b: &[u8], i: usize) -> Option<(Span, usize)> {
             if b.get(i) != Some(&b'"') {
                 return None;
             }
             let start = i + 1;
-            let len = plain_len(&b[start..])?;
-            if b[start + len] != b'"' {
+            let mut end = start + plain_len(&b[start..])?;
+            if b[end] >= 0x80 {
+                end = past_ascii(b, end)?;
+            }
+            if b[end] != b'"' {
                 return None;
             }
-            Some((span(start, start + len), start + len + 1))
+            Some((span(start, end), end + 1))
+        }
+
+        /// For a string whose ASCII run ends at `from`, on a byte past
+        /// ASCII: where its plain part ends (as [`STOPS_STRING`] says),
+        /// if the bytes from `from` to there are UTF-8 (those before are
+        /// ASCII, so then the whole run is).
+        #[cold]
+        fn past_ascii(b: &[u8], from: usize) -> Option<usize> {
+            let end = from + b[from..].iter().position(|&c| STOPS_STRING[c as usize])?;
+            std::str::from_utf8(&b[from..end]).ok()?;
+            Some(end)
         }
 
         #[inline(always)]
         fn value(
-            text: &str,
+            text: &[u8],
             i: usize,
             time: bool,
             key: Span,
@@ -1742,15 +1900,15 @@ mod json {
                 out.entries.push(Entry { key, value });
                 Some(next)
             };
-            let b = text.as_bytes();
+            let b = text;
             match *b.get(i)? {
                 b'"' => {
                     let (s, next) = string(b, i)?;
                     let raw = if time {
                         // A bad time goes to serde_json's path, which words it.
-                        match time_from_text(s.of(text)) {
-                            Ok(Cell::Time(us)) => Raw::Time(us),
-                            _ => return None,
+                        match time_from_bytes(s.bytes(text)) {
+                            Some(us) => Raw::Time(us),
+                            None => return None,
                         }
                     } else {
                         Raw::Str(s)
@@ -1801,12 +1959,12 @@ mod json {
         /// pair went through the stack in narrow stores and came back in
         /// one wide load, which stalled store forwarding on every number.
         #[inline(always)]
-        pub(crate) fn number(text: &str, i: usize, time: bool) -> Option<(Raw, usize)> {
+        pub(crate) fn number(text: &[u8], i: usize, time: bool) -> Option<(Raw, usize)> {
             const POW10: [f64; 23] = [
                 1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
                 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
             ];
-            let b = text.as_bytes();
+            let b = text;
             let negative = b[i] == b'-';
             let mut j = i + usize::from(negative);
             // The digits' value (wrapping past 19 digits: read only when
@@ -1861,7 +2019,8 @@ mod json {
                 scale = scale.zip(exp).and_then(|(s, e)| s.checked_add(e));
                 float = true;
             }
-            let s = &text[i..j];
+            // The number's text, for `str::parse` (ASCII, as just read).
+            let s = || std::str::from_utf8(&b[i..j]).ok();
             let raw = if !float {
                 let v: i64 = if count <= 18 {
                     let n = mantissa as i64;
@@ -1871,7 +2030,7 @@ mod json {
                         n
                     }
                 } else {
-                    s.parse().ok()?
+                    s()?.parse().ok()?
                 };
                 if v == 0 && negative {
                     return None; // serde_json reads -0 as a float
@@ -1892,7 +2051,7 @@ mod json {
                 let v = match exact {
                     Some(v) if negative => -v,
                     Some(v) => v,
-                    None => s.parse().ok()?,
+                    None => s()?.parse().ok()?,
                 };
                 if !v.is_finite() {
                     return None;
@@ -2139,8 +2298,10 @@ mod json {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Array, Float64Array, Int64Array, TimestampMicrosecondArray};
-    use datafusion::arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
+    use datafusion::arrow::array::{
+        Array, AsArray, Float64Array, Int64Array, TimestampMicrosecondArray,
+    };
+    use datafusion::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 
     fn builder() -> BatchBuilder {
         BatchBuilder::new("events", "time", 42_000_000)
@@ -2422,6 +2583,49 @@ mod tests {
     }
 
     #[test]
+    fn a_json_line_that_is_not_utf8_is_refused_whole_wherever_the_bad_byte_is() {
+        let mut b = builder();
+        let good =
+            |t: i64| format!(r#"{{"time": {t}, "s": "é{t}€", "tags": ["😀", "t"], "ключ": "ü"}}"#);
+        // Enough good lines that the bad ones are read against their keys.
+        for t in 1..=8 {
+            b.push_json_bytes(t as u64, good(t).as_bytes()).unwrap();
+        }
+        let bad: [&[u8]; 8] = [
+            b"{\"time\": 9, \"s\": \"a\xffb\", \"tags\": [], \"\xd0\xba\xd0\xbb\xd1\x8e\xd1\x87\": \"u\"}",
+            b"{\"time\": 9, \"s\": \"x\", \"tags\": [\"\xc3\"], \"\xd0\xba\xd0\xbb\xd1\x8e\xd1\x87\": \"u\"}",
+            // A character cut short at the end of a string, an overlong
+            // encoding, a surrogate.
+            b"{\"time\": 9, \"s\": \"\xe2\x82\", \"tags\": []}",
+            b"{\"time\": 9, \"s\": \"\xc0\xaf\"}",
+            b"{\"time\": 9, \"s\": \"\xed\xa0\x80\"}",
+            // In a key, outside any string, and in a line only serde_json reads.
+            b"{\"time\": 9, \"\xff\": 1}",
+            b"{\"time\": 9, \"s\": \"x\"}\xff",
+            b"{\"time\": 9, \"s\": \"\\n\xff\"}",
+        ];
+        for (k, line) in bad.iter().enumerate() {
+            let err = b.push_json_bytes(100 + k as u64, line).unwrap_err();
+            assert_eq!(err.line, 100 + k as u64);
+            assert_eq!(err.reason, "not valid UTF-8", "line {k}");
+        }
+        b.push_json_bytes(9, good(9).as_bytes()).unwrap();
+        assert!(b.shape_keys.hits > 0);
+        let batch = b.finish().unwrap().unwrap().batch;
+        assert_eq!(batch.num_rows(), 9);
+        let s = batch.column_by_name("s").unwrap().as_string::<i32>();
+        let expected: Vec<String> = (1..=9).map(|t| format!("é{t}€")).collect();
+        assert_eq!(
+            s.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>(),
+            expected
+        );
+        let tags = batch.column_by_name("tags").unwrap().as_list::<i32>();
+        assert_eq!(tags.value(8).as_string::<i32>().value(0), "😀");
+        let other = batch.column_by_name("ключ").unwrap().as_string::<i32>();
+        assert_eq!(other.value(8), "ü");
+    }
+
+    #[test]
     fn a_source_that_changes_shape_every_line_is_read_whole() {
         let mut b = builder();
         for t in 1..=40 {
@@ -2528,6 +2732,7 @@ mod tests {
 
     /// A line read into entries, as owned (key, value) pairs.
     fn resolved(src: &str, read: &LineEntries) -> Vec<(String, json::Parsed<'static>)> {
+        let src = src.as_bytes();
         let text = |s: Span| Cow::Owned(s.of(src).to_string());
         read.entries
             .iter()
@@ -2577,7 +2782,7 @@ mod tests {
 
     fn assert_fast_reads_as_serde(text: &str) -> bool {
         let mut read = LineEntries::default();
-        if !json::fast::read_line(text, "time", &mut read) {
+        if !json::fast::read_line(text.as_bytes(), "time", &mut read) {
             return false;
         }
         let fast = resolved(text, &read);
@@ -2646,11 +2851,14 @@ mod tests {
     fn the_reader_for_known_keys_reads_what_the_fast_reader_reads_or_declines() {
         let read_both = |names: &[&str], text: &str| {
             let mut shaped = LineEntries::default();
-            if !json::fast::read_line_shaped(text, &shape_keys(names), &mut shaped) {
+            if !json::fast::read_line_shaped(text.as_bytes(), &shape_keys(names), &mut shaped) {
                 return false;
             }
             let mut fast = LineEntries::default();
-            assert!(json::fast::read_line(text, "time", &mut fast), "{text}");
+            assert!(
+                json::fast::read_line(text.as_bytes(), "time", &mut fast),
+                "{text}"
+            );
             assert_eq!(resolved(text, &shaped), resolved(text, &fast), "{text}");
             true
         };
@@ -2709,7 +2917,7 @@ mod tests {
                 text.push_str(&format!("e{sign}{}", rng.random_range(0..40)));
             }
             let want: f64 = text.parse().unwrap();
-            match json::fast::number(&text, 0, false) {
+            match json::fast::number(text.as_bytes(), 0, false) {
                 Some((Raw::Float(got), end)) if end == text.len() => {
                     assert_eq!(got.to_bits(), want.to_bits(), "{text}")
                 }
@@ -2983,20 +3191,22 @@ mod tests {
     }
 
     #[test]
-    fn a_strings_plain_run_ends_at_its_first_quote_escape_or_control_byte() {
+    fn a_strings_plain_run_ends_at_its_first_quote_escape_control_or_non_ascii_byte() {
         // Every length around the 8- and 16-byte steps, every stop byte at
-        // every place, with other stops after it and non-ASCII before it.
+        // every place, with other stops after it.
         for len in 0..48 {
-            for stop in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+            for stop in [b'"', b'\\', 0x00, 0x1f, b'\n', 0x80, 0xc3, 0xff] {
                 for at in 0..=len {
-                    let mut b: Vec<u8> = "aé€z".bytes().cycle().take(len).collect();
+                    let mut b: Vec<u8> = "az ~AZ09".bytes().cycle().take(len).collect();
                     if at < len {
                         b[at] = stop;
                         for later in (at + 1..len).step_by(3) {
-                            b[later] = b'"';
+                            b[later] = [b'"', 0xa9][later % 2];
                         }
                     }
-                    let naive = b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+                    let naive = b
+                        .iter()
+                        .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c));
                     assert_eq!(
                         json::fast::plain_len(&b),
                         naive,

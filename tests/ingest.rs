@@ -34,29 +34,37 @@ fn bad_lines_are_reported_by_number_and_good_lines_land_once() {
         "{{\"id\": 999, \"blob\": \"{}\"}}",
         "x".repeat(2 * 1024 * 1024)
     );
-    let mut lines: Vec<String> = Vec::new();
+    let mut input: Vec<u8> = Vec::new();
     let mut good_ids = Vec::new();
     for id in 0..3000u64 {
-        // Every 500th line is bad in a different way.
+        // Every 500th line is bad in a different way (and line 2751 is not
+        // UTF-8: a byte no character has, in a string of the usual shape).
         let line = match id {
             500 => "{\"id\": 500, \"latency_ms\": ".to_string(),
             1000 => "{\"id\": 1000, \"latency_ms\": \"slow\"}".to_string(),
             1500 => oversized.clone(),
             2000 => "[1, 2, 3]".to_string(),
             2500 => "{\"id\": 2500, \"time\": \"not a time\"}".to_string(),
+            2750 => "{\"id\": 2750, \"latency_ms\": 1, \"service\": \"s\u{fffd}\"}".to_string(),
             _ => {
                 good_ids.push(id);
                 format!(
-                    "{{\"id\": {id}, \"latency_ms\": {}, \"service\": \"s{}\"}}",
+                    "{{\"id\": {id}, \"latency_ms\": {}, \"service\": \"s{}é\"}}",
                     id % 97,
                     id % 5
                 )
             }
         };
-        lines.push(line);
+        // U+FFFD's first byte, 0xEF, becomes 0xFF.
+        let at = input.len();
+        input.extend_from_slice(line.as_bytes());
+        if id == 2750 {
+            let bad = at + line.find('\u{fffd}').expect("placed above");
+            input[bad] = 0xff;
+        }
+        input.push(b'\n');
     }
-    let input = lines.join("\n") + "\n";
-    let out = cluster.ingest("events", input.as_bytes(), &[]);
+    let out = cluster.ingest("events", &input, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stderr}");
@@ -66,6 +74,7 @@ fn bad_lines_are_reported_by_number_and_good_lines_land_once() {
         (1501, "exceeds the limit"),
         (2001, "JSON object"),
         (2501, "RFC 3339"),
+        (2751, "not valid UTF-8"),
     ] {
         let expected = format!("line {line}: ");
         let reported = stderr
@@ -75,7 +84,7 @@ fn bad_lines_are_reported_by_number_and_good_lines_land_once() {
         assert!(reported.contains(why), "line {line}: {reported}");
     }
     assert!(
-        stdout.contains("2995 rows ingested, 5 rows rejected"),
+        stdout.contains("2994 rows ingested, 6 rows rejected"),
         "{stdout}"
     );
 
@@ -86,7 +95,15 @@ fn bad_lines_are_reported_by_number_and_good_lines_land_once() {
     let expected_sum: u64 = good_ids.iter().sum();
     assert_eq!(
         answer["rows"][0],
-        serde_json::json!([2995, 2995, expected_sum])
+        serde_json::json!([2994, 2994, expected_sum])
+    );
+    let services = cluster.query_json(
+        "SELECT service, count(*) FROM events WHERE id < 10 GROUP BY service ORDER BY service",
+        &[],
+    );
+    assert_eq!(
+        services["rows"],
+        serde_json::json!([["s0é", 2], ["s1é", 2], ["s2é", 2], ["s3é", 2], ["s4é", 2]])
     );
 }
 

@@ -25,7 +25,8 @@ use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scuba::decode::{
-    read_chunks, BatchBuilder, ChunkOrder, InputFormat, Line, Rejection, TextChunk,
+    is_blank, read_chunks, BatchBuilder, ChunkOrder, InputFormat, Line, LineBytes, Rejection,
+    TextChunk,
 };
 use scuba::limits::{
     BATCH_BYTES_MAX, BATCH_ROWS_MAX, INGEST_ATTEMPTS_MAX, INGEST_DECODERS_MAX, INGEST_INFLIGHT_MAX,
@@ -166,27 +167,34 @@ fn decode_chunks(
         order: &order,
         done: false,
     };
+    let oversized = |number, len_bytes| Rejection {
+        line: number,
+        reason: format!("line of {len_bytes} bytes exceeds the limit of {LINE_BYTES_MAX} bytes"),
+    };
     for mut chunk in chunks {
-        chunk.text.check_utf8();
+        // JSON lines are checked as UTF-8 as they are read (only where they
+        // are not ASCII); CSV's, the whole chunk at once.
+        if format == InputFormat::Csv {
+            chunk.text.check_utf8();
+        }
         builder.start_chunk(&order, chunk.seq);
         let mut rejections = Vec::new();
         for i in 0..chunk.text.len() {
-            let result = match chunk.text.line(i) {
-                Line::Text { text, .. } if text.trim().is_empty() => Ok(()),
-                Line::Text { number, text } => match format {
-                    InputFormat::Jsonl => builder.push_json(number, text),
-                    InputFormat::Csv => builder.push_csv(number, text),
+            let result = match format {
+                InputFormat::Jsonl => match chunk.text.line_bytes(i) {
+                    LineBytes::Text { bytes, .. } if is_blank(bytes) => Ok(()),
+                    LineBytes::Text { number, bytes } => builder.push_json_bytes(number, bytes),
+                    LineBytes::Oversized { number, len_bytes } => Err(oversized(number, len_bytes)),
                 },
-                Line::Oversized { number, len_bytes } => Err(Rejection {
-                    line: number,
-                    reason: format!(
-                        "line of {len_bytes} bytes exceeds the limit of {LINE_BYTES_MAX} bytes"
-                    ),
-                }),
-                Line::NotUtf8 { number } => Err(Rejection {
-                    line: number,
-                    reason: "not valid UTF-8".to_string(),
-                }),
+                InputFormat::Csv => match chunk.text.line(i) {
+                    Line::Text { text, .. } if text.trim().is_empty() => Ok(()),
+                    Line::Text { number, text } => builder.push_csv(number, text),
+                    Line::Oversized { number, len_bytes } => Err(oversized(number, len_bytes)),
+                    Line::NotUtf8 { number } => Err(Rejection {
+                        line: number,
+                        reason: "not valid UTF-8".to_string(),
+                    }),
+                },
             };
             if let Err(r) = result {
                 rejections.push(r);
