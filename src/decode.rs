@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  stdin ──read_chunks──> TextChunk: lines cut at line ends (bounded; one copy, the read)
-//!                            │ TextChunk::line: UTF-8 checked, oversized -> Rejection
+//!                            │ oversized -> Rejection; JSON lines as bytes (line_bytes),
+//!                            │ CSV's checked as UTF-8 (line)
 //!                            v
 //!          BatchBuilder::push_*: line -> LineEntries (spans, reused) -> Arrow builders
 //!                            │ bad line: Rejection{line, reason}
@@ -13,11 +14,13 @@
 //! JSON lines of the common shapes are read by a small hand-written reader
 //! (`json::fast`) into spans of the line, with no allocation per line;
 //! anything else (escapes, syntax errors, nesting) goes through serde_json,
-//! which also words the errors. A line is first read against the keys most
-//! lines have had, in their order (`ShapeKeys`): matched as text, they need
-//! no scanning, and their columns no lookup. Several builders (one per
-//! decoding thread) can share one [`KnownTypes`], kept in input order by a
-//! [`ChunkOrder`].
+//! which also words the errors. The fast reader checks UTF-8 only in a
+//! string with a byte past ASCII (it reads nothing but ASCII outside
+//! strings); a line it declines is checked whole before serde_json reads
+//! it. A line is first read against the keys most lines have had, in their
+//! order (`ShapeKeys`): matched as text, they need no scanning, and their
+//! columns no lookup. Several builders (one per decoding thread) can share
+//! one [`KnownTypes`], kept in input order by a [`ChunkOrder`].
 //! [`LineReader`] reads lines one at a time, for callers that want them so.
 //!
 //! A line is checked whole before any of its values is kept, so a rejected
@@ -112,8 +115,9 @@ pub fn is_blank(line: &[u8]) -> bool {
 }
 
 /// Input cut at line ends, for decoding on several threads: the reader only
-/// finds where lines end; whoever decodes the chunk checks each line's
-/// UTF-8 ([`TextChunk::line`]). One copy of the input (the read itself).
+/// finds where lines end; whoever decodes the chunk checks the lines' UTF-8
+/// ([`TextChunk::line`], or the reader of [`TextChunk::line_bytes`]). One
+/// copy of the input (the read itself).
 #[derive(Debug, Default)]
 pub struct TextChunk {
     /// The number of the chunk's first line (counting from 1).
@@ -763,7 +767,7 @@ impl StrValues {
     }
 
     /// Values held.
-    fn len(&self) -> usize {
+    fn count(&self) -> usize {
         self.offsets.len() - 1
     }
 }
@@ -808,14 +812,13 @@ impl TagValues {
     /// The end of the items so far, as an Arrow offset (a batch holds far
     /// fewer than 2^31 of them).
     fn offset(&self) -> i32 {
-        i32::try_from(self.items.len()).expect("a batch's tags are fewer than 2^31")
+        i32::try_from(self.items.count()).expect("a batch's tags are fewer than 2^31")
     }
 
     /// The lists so far as an array; starts over with room for as many.
     fn finish(&mut self) -> ListArray {
         let lists = self.offsets.len() - 1;
-        let items = self.items.len();
-        let text_bytes = self.items.len;
+        let (items, text_bytes) = (self.items.count(), self.items.len);
         let mut done = std::mem::replace(self, TagValues::with_capacity(lists, items, text_bytes));
         let DataType::List(field) = tags_type() else {
             unreachable!("tags are a list")
@@ -2623,6 +2626,21 @@ mod tests {
         assert_eq!(tags.value(8).as_string::<i32>().value(0), "😀");
         let other = batch.column_by_name("ключ").unwrap().as_string::<i32>();
         assert_eq!(other.value(8), "ü");
+    }
+
+    #[test]
+    fn a_blank_line_is_whitespace_as_trim_sees_it() {
+        for (line, blank) in [
+            (&b""[..], true),
+            (b" \t \r", true),
+            ("\u{a0}\u{2003} ".as_bytes(), true),
+            (b"{}", false),
+            (b"  {}", false),
+            (b" \xff", false),
+            ("\u{a0}x".as_bytes(), false),
+        ] {
+            assert_eq!(is_blank(line), blank, "{line:?}");
+        }
     }
 
     #[test]
