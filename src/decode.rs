@@ -40,7 +40,7 @@ use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListArray, StringArray,
     TimestampMicrosecondBuilder,
 };
-use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use datafusion::arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -695,9 +695,55 @@ struct StrValues {
     /// [`StrValues::COPY_BYTES`] more are always there to copy into.
     text: Vec<u8>,
     len: usize,
-    /// Where each value starts, then where the last one ends.
+    ends: Ends,
+}
+
+/// Where each value of a string or list column starts (then where the last
+/// one ends), and which values are null.
+#[derive(Debug)]
+struct Ends {
     offsets: Vec<i32>,
     nulls: NullBufferBuilder,
+}
+
+impl Ends {
+    fn with_capacity(values: usize) -> Ends {
+        let mut offsets = Vec::with_capacity(values + 1);
+        offsets.push(0);
+        Ends {
+            offsets,
+            nulls: NullBufferBuilder::new(values),
+        }
+    }
+
+    /// A value that ends at `end`.
+    #[inline]
+    fn push(&mut self, end: usize) {
+        // Batches are cut long before their text or tags could reach 2^31
+        // (`BATCH_BYTES_MAX`).
+        let end = i32::try_from(end).expect("a batch's values are under 2^31 bytes or items");
+        self.offsets.push(end);
+        self.nulls.append_non_null();
+    }
+
+    fn append_nulls(&mut self, n: usize) {
+        let at = *self.offsets.last().expect("offsets start at 0");
+        self.offsets.extend(std::iter::repeat_n(at, n));
+        self.nulls.append_n_nulls(n);
+    }
+
+    /// Values held.
+    fn count(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    fn finish(self) -> (OffsetBuffer<i32>, Option<NullBuffer>) {
+        let mut nulls = self.nulls;
+        (
+            OffsetBuffer::new(ScalarBuffer::from(self.offsets)),
+            nulls.finish(),
+        )
+    }
 }
 
 impl StrValues {
@@ -706,13 +752,10 @@ impl StrValues {
 
     /// Room for `values` values of `text_bytes` bytes in all.
     fn with_capacity(values: usize, text_bytes: usize) -> StrValues {
-        let mut offsets = Vec::with_capacity(values + 1);
-        offsets.push(0);
         StrValues {
             text: vec![0; text_bytes + Self::COPY_BYTES],
             len: 0,
-            offsets,
-            nulls: NullBufferBuilder::new(values),
+            ends: Ends::with_capacity(values),
         }
     }
 
@@ -733,42 +776,26 @@ impl StrValues {
             _ => self.text[self.len..self.len + n].copy_from_slice(&src[start..end]),
         }
         self.len += n;
-        self.offsets.push(self.offset());
-        self.nulls.append_non_null();
+        self.ends.push(self.len);
     }
 
     fn append_nulls(&mut self, n: usize) {
-        let at = self.offset();
-        self.offsets.extend(std::iter::repeat_n(at, n));
-        self.nulls.append_n_nulls(n);
-    }
-
-    /// The end of the text so far, as an Arrow offset. Batches are cut
-    /// long before their text could reach 2 GiB (`BATCH_BYTES_MAX`).
-    #[inline]
-    fn offset(&self) -> i32 {
-        i32::try_from(self.len).expect("a batch's text is under 2 GiB")
+        self.ends.append_nulls(n);
     }
 
     /// The values so far as an array; starts over with room for as many.
     fn finish(&mut self) -> StringArray {
-        let values = self.offsets.len() - 1;
+        let values = self.ends.count();
         let done = std::mem::replace(self, StrValues::with_capacity(values, self.len));
         let mut text = done.text;
         text.truncate(done.len);
-        let mut nulls = done.nulls;
-        let offsets = OffsetBuffer::new(ScalarBuffer::from(done.offsets));
+        let (offsets, nulls) = done.ends.finish();
         // Arrow checks the text again (UTF-8, and each value's bounds). Each
         // value is a span checked when its line was read, but only `unsafe`
         // could skip the check, and `unsafe` stays in the leaf's
         // shared-memory module.
-        StringArray::try_new(offsets, Buffer::from_vec(text), nulls.finish())
+        StringArray::try_new(offsets, Buffer::from_vec(text), nulls)
             .expect("spans checked as UTF-8 make UTF-8 text")
-    }
-
-    /// Values held.
-    fn count(&self) -> usize {
-        self.offsets.len() - 1
     }
 }
 
@@ -777,20 +804,16 @@ impl StrValues {
 #[derive(Debug)]
 struct TagValues {
     items: StrValues,
-    /// Where each list starts in `items`, then where the last one ends.
-    offsets: Vec<i32>,
-    nulls: NullBufferBuilder,
+    /// Where each list starts in `items`.
+    ends: Ends,
 }
 
 impl TagValues {
     /// Room for `lists` lists of `items` strings of `text_bytes` bytes.
     fn with_capacity(lists: usize, items: usize, text_bytes: usize) -> TagValues {
-        let mut offsets = Vec::with_capacity(lists + 1);
-        offsets.push(0);
         TagValues {
             items: StrValues::with_capacity(items, text_bytes),
-            offsets,
-            nulls: NullBufferBuilder::new(lists),
+            ends: Ends::with_capacity(lists),
         }
     }
 
@@ -799,37 +822,24 @@ impl TagValues {
         for &t in tags {
             self.items.push(src, t);
         }
-        self.offsets.push(self.offset());
-        self.nulls.append_non_null();
+        self.ends.push(self.items.ends.count());
     }
 
     fn append_nulls(&mut self, n: usize) {
-        let at = self.offset();
-        self.offsets.extend(std::iter::repeat_n(at, n));
-        self.nulls.append_n_nulls(n);
-    }
-
-    /// The end of the items so far, as an Arrow offset (a batch holds far
-    /// fewer than 2^31 of them).
-    fn offset(&self) -> i32 {
-        i32::try_from(self.items.count()).expect("a batch's tags are fewer than 2^31")
+        self.ends.append_nulls(n);
     }
 
     /// The lists so far as an array; starts over with room for as many.
     fn finish(&mut self) -> ListArray {
-        let lists = self.offsets.len() - 1;
-        let (items, text_bytes) = (self.items.count(), self.items.len);
-        let mut done = std::mem::replace(self, TagValues::with_capacity(lists, items, text_bytes));
+        let (lists, items) = (self.ends.count(), self.items.ends.count());
+        let mut done =
+            std::mem::replace(self, TagValues::with_capacity(lists, items, self.items.len));
         let DataType::List(field) = tags_type() else {
             unreachable!("tags are a list")
         };
-        ListArray::try_new(
-            field,
-            OffsetBuffer::new(ScalarBuffer::from(done.offsets)),
-            Arc::new(done.items.finish()),
-            done.nulls.finish(),
-        )
-        .expect("offsets made one by one over the items")
+        let (offsets, nulls) = done.ends.finish();
+        ListArray::try_new(field, offsets, Arc::new(done.items.finish()), nulls)
+            .expect("offsets made one by one over the items")
     }
 }
 
