@@ -18,6 +18,7 @@ cleanup() {
 trap cleanup EXIT
 "$NEW" gen --rows "$ROWS" --seed 1 > "$data"
 source "$(dirname "$0")/lib.sh"
+TIMEFORMAT='%3U %3S' # bash's `time`: the client's user and system CPU
 for round in $(seq "$ROUNDS"); do
     for side in old new; do
         bin=$OLD; [ "$side" = new ] && bin=$NEW
@@ -25,7 +26,6 @@ for round in $(seq "$ROUNDS"); do
         "$bin" cluster up --leaves 4 --dir "$dir" >/dev/null 2>&1
         cat "$data" > /dev/null # in the page cache, as for every load
         before=$(servers_cs "$dir")
-        TIMEFORMAT='%3U %3S'
         client=$({ time "$bin" ingest --table events --dir "$dir" < "$data" > "$dir/ingest.out" 2>&1; } 2>&1)
         out=$(tail -1 "$dir/ingest.out")
         after=$(servers_cs "$dir")

@@ -1325,12 +1325,13 @@ impl BatchBuilder {
 
     /// The column of a line's `k`-th key when it is not where the last
     /// line had it: the column that followed the key before it last time,
-    /// else a lookup by name (which teaches the follower).
+    /// else a lookup by name (which teaches the follower). The key is a
+    /// span of `src`, made text only for the lookup.
     fn slot_by_follower(
         &mut self,
         k: usize,
-        key: &[u8],
-        name: &str,
+        key: Span,
+        src: &[u8],
         slots: &[Option<usize>],
     ) -> Option<usize> {
         let predicted = match k {
@@ -1338,9 +1339,9 @@ impl BatchBuilder {
             _ => slots[k - 1].map_or(NO_COLUMN, |p: usize| self.columns[p].follower),
         };
         match self.columns.get(predicted) {
-            Some(c) if same_key(c.name.as_bytes(), key) => Some(predicted),
+            Some(c) if same_key(c.name.as_bytes(), key.bytes(src)) => Some(predicted),
             _ => {
-                let slot = self.index.get(name).copied();
+                let slot = self.index.get(key.of(src)).copied();
                 if let Some(i) = slot {
                     match k {
                         0 => self.first_key = i,
@@ -1380,7 +1381,7 @@ impl BatchBuilder {
                 Some(c) if same_key(c.name.as_bytes(), key) => Some(in_shape),
                 _ => {
                     same_shape = false;
-                    self.slot_by_follower(k, key, entry.key.of(src), slots)
+                    self.slot_by_follower(k, entry.key, src, slots)
                 }
             };
             let twice = match slot {
@@ -2320,6 +2321,12 @@ mod tests {
         BatchBuilder::new("events", "time", 42_000_000)
     }
 
+    /// A string column's values, which must not be null.
+    fn strings(batch: &RecordBatch, column: &str) -> Vec<String> {
+        let values = batch.column_by_name(column).unwrap().as_string::<i32>();
+        values.iter().map(|v| v.unwrap().to_string()).collect()
+    }
+
     #[test]
     fn json_lines_become_typed_columns_with_nulls_for_missing_fields() {
         let mut b = builder();
@@ -2584,12 +2591,8 @@ mod tests {
         let xy = batch.column_by_name("xy").unwrap();
         assert_eq!(xy.as_primitive::<Int64Type>().value(6), 7);
         assert_eq!(xy.null_count(), 9);
-        let s = batch.column_by_name("s").unwrap().as_string::<i32>();
         let expected: Vec<String> = (1..=10).map(|t| format!("s{t}")).collect();
-        assert_eq!(
-            s.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>(),
-            expected
-        );
+        assert_eq!(strings(&batch, "s"), expected);
         let tags = batch.column_by_name("tags").unwrap().as_list::<i32>();
         assert_eq!(tags.value_length(5), 2);
         assert_eq!(tags.value_length(3), 0);
@@ -2626,12 +2629,8 @@ mod tests {
         assert!(b.shape_keys.hits > 0);
         let batch = b.finish().unwrap().unwrap().batch;
         assert_eq!(batch.num_rows(), 9);
-        let s = batch.column_by_name("s").unwrap().as_string::<i32>();
         let expected: Vec<String> = (1..=9).map(|t| format!("é{t}€")).collect();
-        assert_eq!(
-            s.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>(),
-            expected
-        );
+        assert_eq!(strings(&batch, "s"), expected);
         let tags = batch.column_by_name("tags").unwrap().as_list::<i32>();
         assert_eq!(tags.value(8).as_string::<i32>().value(0), "😀");
         let other = batch.column_by_name("ключ").unwrap().as_string::<i32>();
