@@ -5,7 +5,8 @@
 //!                            │ oversized -> Rejection; JSON lines as bytes (line_bytes),
 //!                            │ CSV's checked as UTF-8 (line)
 //!                            v
-//!          BatchBuilder::push_*: line -> LineEntries (spans, reused) -> Arrow builders
+//!          BatchBuilder::push_*: JSON line in the usual keys ─────────────┐ straight in
+//!                            other lines -> LineEntries (spans, reused) ─┴> columns
 //!                            │ bad line: Rejection{line, reason}
 //!                            v
 //!          finish() ──> RecordBatch + line numbers
@@ -18,13 +19,17 @@
 //! string with a byte past ASCII (it reads nothing but ASCII outside
 //! strings); a line it declines is checked whole before serde_json reads
 //! it. A line is first read against the keys most lines have had, in their
-//! order (`ShapeKeys`): matched as text, they need no scanning, and their
-//! columns no lookup. Several builders (one per decoding thread) can share
-//! one [`KnownTypes`], kept in input order by a [`ChunkOrder`].
-//! [`LineReader`] reads lines one at a time, for callers that want them so.
+//! order (`ShapeKeys`; any may be left out): matched as text, they need no
+//! scanning, and their columns no lookup, so each value goes straight into
+//! its column, read as the column's type. A line that does not fit them
+//! there is taken back and read the long way. Several builders (one per
+//! decoding thread) can share one [`KnownTypes`], kept in input order by a
+//! [`ChunkOrder`]. [`LineReader`] reads lines one at a time, for callers
+//! that want them so.
 //!
-//! A line is checked whole before any of its values is kept, so a rejected
-//! line leaves no trace in the batch. Types come from the table's known
+//! A line is checked whole before any of its values is kept, or (straight
+//! in) taken back whole, so a rejected line leaves no trace in the batch.
+//! Types come from the table's known
 //! schema (what the cluster already holds, and what this ingest added); a
 //! value that does not fit rejects its line, naming the column. An int64
 //! column that meets a float widens to float64, in this batch and at the
@@ -35,13 +40,12 @@ use std::collections::HashMap;
 use std::io::BufRead;
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::builder::NullBufferBuilder;
-use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListArray, StringArray,
-    TimestampMicrosecondBuilder,
-};
+use datafusion::arrow::array::builder::{BooleanBufferBuilder, NullBufferBuilder};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, ListArray, PrimitiveArray, StringArray};
 use datafusion::arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Field, Float64Type, Int64Type, Schema, TimestampMicrosecondType,
+};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, Result};
@@ -478,12 +482,13 @@ struct LineEntries {
 }
 
 /// The keys of a shape most lines of a source have, as their text has
-/// them (each in its quotes, one after another), for reading a line
-/// expected to list them ([`json::fast::read_line_shaped`]), and the
-/// column of each. Kept while most lines are read in it, so a source whose
-/// lines sometimes leave out a key does not unseat it; replaced by the
-/// last line's shape when lines miss it. Empty when some key's text would
-/// differ from its name (an escape), or a key is new.
+/// them (each in its quotes, one after another), for storing a line that
+/// lists them, or some of them, in their order straight into their columns
+/// ([`json::fast::store_line_shaped`]), and the column of each. Kept while
+/// most lines are read in it, so a source whose lines sometimes have
+/// another key does not unseat it; replaced by the last line's shape when
+/// lines miss it. Empty when some key's text would differ from its name (an
+/// escape), or a key is new.
 #[derive(Debug, Default)]
 struct ShapeKeys {
     quoted: Vec<u8>,
@@ -526,6 +531,25 @@ impl ShapeKeys {
                 self.time_at = Some(k);
             }
         }
+    }
+
+    /// The first of the keys from the `from`-th on written at `i` in
+    /// `text`, and the index past it.
+    #[inline]
+    fn find(&self, text: &[u8], i: usize, from: usize) -> Option<(usize, usize)> {
+        let mut start = from.checked_sub(1).map_or(0, |p| self.ends[p]);
+        for (k, &end) in self.ends.iter().enumerate().skip(from) {
+            // A column's name, so UTF-8: a line that has it has UTF-8 here.
+            let quoted = &self.quoted[start..end];
+            if text
+                .get(i..i + quoted.len())
+                .is_some_and(|written| same_key(written, quoted))
+            {
+                return Some((k, i + quoted.len()));
+            }
+            start = end;
+        }
+        None
     }
 
     fn worth_trying(&self) -> bool {
@@ -591,26 +615,28 @@ impl LineEntries {
     }
 }
 
-/// One column's values in the batch being built, straight in Arrow builders.
+/// One column's values in the batch being built. Each kind can drop its
+/// values past a row ([`Values::truncate`]), so a line stored value by
+/// value can be taken back whole.
 #[derive(Debug)]
 enum Values {
-    Int(Int64Builder),
-    Float(Float64Builder),
-    Bool(BooleanBuilder),
+    Int(Fixed<Int64Type>),
+    Float(Fixed<Float64Type>),
+    Bool(Bools),
     Str(StrValues),
     Tags(TagValues),
-    Time(TimestampMicrosecondBuilder),
+    Time(Fixed<TimestampMicrosecondType>),
 }
 
 impl Values {
     fn new(t: ColumnType) -> Values {
         match t {
-            ColumnType::Int64 => Values::Int(Int64Builder::new()),
-            ColumnType::Float64 => Values::Float(Float64Builder::new()),
-            ColumnType::Bool => Values::Bool(BooleanBuilder::new()),
+            ColumnType::Int64 => Values::Int(Fixed::with_capacity(0)),
+            ColumnType::Float64 => Values::Float(Fixed::with_capacity(0)),
+            ColumnType::Bool => Values::Bool(Bools::with_capacity(0)),
             ColumnType::Utf8 => Values::Str(StrValues::with_capacity(0, 0)),
             ColumnType::Tags => Values::Tags(TagValues::with_capacity(0, 0, 0)),
-            ColumnType::Timestamp => Values::Time(TimestampMicrosecondBuilder::new()),
+            ColumnType::Timestamp => Values::Time(Fixed::with_capacity(0)),
         }
     }
 
@@ -625,12 +651,26 @@ impl Values {
         }
     }
 
+    /// Keeps the first `rows` values (and nulls), and no text or tag past
+    /// them.
+    fn truncate(&mut self, rows: usize) {
+        match self {
+            Values::Int(b) => b.truncate(rows),
+            Values::Float(b) => b.truncate(rows),
+            Values::Bool(b) => b.truncate(rows),
+            Values::Str(b) => b.truncate(rows),
+            Values::Tags(b) => b.truncate(rows),
+            Values::Time(b) => b.truncate(rows),
+        }
+    }
+
     /// Widens an int column to float in place.
     fn widen_to_float(&mut self) {
-        if let Values::Int(b) = self {
-            let ints = b.finish();
-            let mut floats = Float64Builder::with_capacity(ints.len());
-            floats.extend(ints.iter().map(|x| x.map(|i| i as f64)));
+        if let Values::Int(ints) = self {
+            let floats = Fixed {
+                values: ints.values.iter().map(|&i| i as f64).collect(),
+                nulls: std::mem::replace(&mut ints.nulls, NullBufferBuilder::new(0)),
+            };
             *self = Values::Float(floats);
         }
     }
@@ -640,48 +680,109 @@ impl Values {
     #[inline]
     fn push(&mut self, src: &[u8], tags: &[Span], raw: Raw) {
         match (self, raw) {
-            (Values::Int(b), Raw::Int(x)) => b.append_value(x),
-            (Values::Float(b), Raw::Float(x)) => b.append_value(x),
-            (Values::Float(b), Raw::Int(x)) => b.append_value(x as f64),
-            (Values::Bool(b), Raw::Bool(x)) => b.append_value(x),
+            (Values::Int(b), Raw::Int(x)) => b.push(x),
+            (Values::Float(b), Raw::Float(x)) => b.push(x),
+            (Values::Float(b), Raw::Int(x)) => b.push(x as f64),
+            (Values::Bool(b), Raw::Bool(x)) => b.push(x),
             (Values::Str(b), Raw::Str(x)) => b.push(src, x),
             (Values::Tags(b), Raw::Tags { first, count }) => {
                 b.push(src, &tags[first as usize..(first + count) as usize])
             }
-            (Values::Time(b), Raw::Time(x)) => b.append_value(x),
+            (Values::Time(b), Raw::Time(x)) => b.push(x),
             (values, raw) => unreachable!("value {raw:?} was checked to fit {values:?}"),
         }
     }
 
-    /// The values so far as an array; the builder starts over, empty, with
+    /// The values so far as an array; the column starts over, empty, with
     /// room for as many values (and bytes of text) as the array has: the
-    /// next batch is mostly the size of this one, and a builder that grows
+    /// next batch is mostly the size of this one, and a column that grows
     /// to it copies its values at every step.
     fn finish(&mut self) -> ArrayRef {
         match self {
-            Values::Int(b) => {
-                let a = b.finish();
-                *b = Int64Builder::with_capacity(a.len());
-                Arc::new(a)
-            }
-            Values::Float(b) => {
-                let a = b.finish();
-                *b = Float64Builder::with_capacity(a.len());
-                Arc::new(a)
-            }
-            Values::Bool(b) => {
-                let a = b.finish();
-                *b = BooleanBuilder::with_capacity(a.len());
-                Arc::new(a)
-            }
+            Values::Int(b) => Arc::new(b.finish()),
+            Values::Float(b) => Arc::new(b.finish()),
+            Values::Bool(b) => Arc::new(b.finish()),
             Values::Str(b) => Arc::new(b.finish()),
             Values::Tags(b) => Arc::new(b.finish()),
-            Values::Time(b) => {
-                let a = b.finish();
-                *b = TimestampMicrosecondBuilder::with_capacity(a.len());
-                Arc::new(a)
-            }
+            Values::Time(b) => Arc::new(b.finish()),
         }
+    }
+}
+
+/// A fixed-width column's values (a null holds the type's default) and
+/// which are null.
+#[derive(Debug)]
+struct Fixed<T: ArrowPrimitiveType> {
+    values: Vec<T::Native>,
+    nulls: NullBufferBuilder,
+}
+
+impl<T: ArrowPrimitiveType> Fixed<T> {
+    fn with_capacity(values: usize) -> Self {
+        Fixed {
+            values: Vec::with_capacity(values),
+            nulls: NullBufferBuilder::new(values),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, value: T::Native) {
+        self.values.push(value);
+        self.nulls.append_non_null();
+    }
+
+    fn append_nulls(&mut self, n: usize) {
+        self.values
+            .resize(self.values.len() + n, T::Native::default());
+        self.nulls.append_n_nulls(n);
+    }
+
+    fn truncate(&mut self, rows: usize) {
+        self.values.truncate(rows);
+        self.nulls.truncate(rows);
+    }
+
+    fn finish(&mut self) -> PrimitiveArray<T> {
+        let done = std::mem::replace(self, Fixed::with_capacity(self.values.len()));
+        let mut nulls = done.nulls;
+        PrimitiveArray::new(ScalarBuffer::from(done.values), nulls.finish())
+    }
+}
+
+/// A bool column's values and which are null.
+#[derive(Debug)]
+struct Bools {
+    values: BooleanBufferBuilder,
+    nulls: NullBufferBuilder,
+}
+
+impl Bools {
+    fn with_capacity(values: usize) -> Self {
+        Bools {
+            values: BooleanBufferBuilder::new(values),
+            nulls: NullBufferBuilder::new(values),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, value: bool) {
+        self.values.append(value);
+        self.nulls.append_non_null();
+    }
+
+    fn append_nulls(&mut self, n: usize) {
+        self.values.append_n(n, false);
+        self.nulls.append_n_nulls(n);
+    }
+
+    fn truncate(&mut self, rows: usize) {
+        self.values.truncate(rows);
+        self.nulls.truncate(rows);
+    }
+
+    fn finish(&mut self) -> BooleanArray {
+        let mut done = std::mem::replace(self, Bools::with_capacity(self.values.len()));
+        BooleanArray::new(done.values.finish(), done.nulls.finish())
     }
 }
 
@@ -737,6 +838,17 @@ impl Ends {
         self.offsets.len() - 1
     }
 
+    /// Keeps the first `n` values.
+    fn truncate(&mut self, n: usize) {
+        self.offsets.truncate(n + 1);
+        self.nulls.truncate(n);
+    }
+
+    /// Where value `n` starts (where the first `n` end).
+    fn start_of(&self, n: usize) -> usize {
+        self.offsets[n] as usize
+    }
+
     fn finish(self) -> (OffsetBuffer<i32>, Option<NullBuffer>) {
         let mut nulls = self.nulls;
         (
@@ -783,6 +895,14 @@ impl StrValues {
         self.ends.append_nulls(n);
     }
 
+    /// Keeps the first `n` values, and only their text.
+    fn truncate(&mut self, n: usize) {
+        if n < self.ends.count() {
+            self.ends.truncate(n);
+            self.len = self.ends.start_of(n);
+        }
+    }
+
     /// The values so far as an array; starts over with room for as many.
     fn finish(&mut self) -> StringArray {
         let values = self.ends.count();
@@ -822,11 +942,26 @@ impl TagValues {
         for &t in tags {
             self.items.push(src, t);
         }
+        self.end_list();
+    }
+
+    /// Ends a list at the last item pushed into `items`.
+    #[inline]
+    fn end_list(&mut self) {
         self.ends.push(self.items.ends.count());
     }
 
     fn append_nulls(&mut self, n: usize) {
         self.ends.append_nulls(n);
+    }
+
+    /// Keeps the first `n` lists, and only their items (items pushed for
+    /// a list not ended are dropped too).
+    fn truncate(&mut self, n: usize) {
+        if n < self.ends.count() {
+            self.ends.truncate(n);
+        }
+        self.items.truncate(self.ends.start_of(n));
     }
 
     /// The lists so far as an array; starts over with room for as many.
@@ -890,8 +1025,25 @@ impl Column {
     #[inline]
     fn push(&mut self, src: &[u8], tags: &[Span], raw: Raw) {
         self.values.push(src, tags, raw);
+        self.stored();
+    }
+
+    /// Counts a value just pushed into `values`.
+    #[inline]
+    fn stored(&mut self) {
         self.len += 1;
         self.non_null += 1;
+    }
+
+    /// Takes back what a line started at row `rows` stored: at most one
+    /// value (a line names a column once), and any tag pushed for a list
+    /// it did not end.
+    fn take_back(&mut self, rows: usize) {
+        if self.len >= rows {
+            self.non_null -= self.len - rows;
+            self.len = rows;
+            self.values.truncate(rows);
+        }
     }
 
     /// The values so far as an array; the column starts over, empty.
@@ -1106,27 +1258,30 @@ impl BatchBuilder {
     /// Adds one JSON line that may not be UTF-8 (then it is refused); on
     /// error the batch is unchanged.
     pub fn push_json_bytes(&mut self, line: u64, text: &[u8]) -> Result<(), Rejection> {
-        // Straight from the text into spans and values: no `Value` tree, and
-        // no allocation per line. The fast reader takes the common shapes,
-        // checking UTF-8 only where a string has a byte past ASCII; anything
-        // else (escapes, syntax errors, nesting, a bad time) is checked as
-        // UTF-8 whole and goes through serde_json, which also words the
-        // errors.
+        // A line in the usual keys goes straight into its columns. Any
+        // other is read into spans and values (no `Value` tree, and no
+        // allocation per line) by the fast reader, which takes the common
+        // shapes; both check UTF-8 only where a string has a byte past
+        // ASCII. Anything else (escapes, syntax errors, nesting, a bad time)
+        // is checked as UTF-8 whole and goes through serde_json, which also
+        // words the errors.
+        if self.shape_keys.worth_trying() {
+            let rows = self.rows();
+            match json::fast::store_line_shaped(text, &self.shape_keys, &mut self.columns, rows) {
+                Ok(has_time) => {
+                    self.shape_keys.hit();
+                    // Counted as every line is, so a stale `seen_in` never
+                    // equals the next line's stamp.
+                    self.stamp += 1;
+                    self.end_line(line, text.len(), rows, has_time);
+                    return Ok(());
+                }
+                Err(json::fast::Unstored::Keys) => self.shape_keys.missed(),
+                Err(json::fast::Unstored::Value) => {}
+            }
+        }
         let mut read = std::mem::take(&mut self.read);
-        let tried = self.shape_keys.worth_trying();
-        let shaped = tried && json::fast::read_line_shaped(text, &self.shape_keys, &mut read);
-        let result = if shaped {
-            self.shape_keys.hit();
-            // Its keys are known: only its values are checked.
-            if self.push_in_shape::<true>(line, text.len(), text, &read) {
-                Ok(())
-            } else {
-                self.push_entries(line, text.len(), text, &read)
-            }
-        } else if json::fast::read_line(text, &self.time_column, &mut read) {
-            if tried {
-                self.shape_keys.missed();
-            }
+        let result = if json::fast::read_line(text, &self.time_column, &mut read) {
             self.push_entries(line, text.len(), text, &read)
         } else {
             let read_serde = std::str::from_utf8(text)
@@ -1238,7 +1393,7 @@ impl BatchBuilder {
         src: &[u8],
         read: &LineEntries,
     ) -> Result<(), Rejection> {
-        if self.push_in_shape::<false>(line, len_bytes, src, read) {
+        if self.push_in_shape(line, len_bytes, src, read) {
             return Ok(());
         }
         // One buffer for every line's column slots.
@@ -1255,12 +1410,8 @@ impl BatchBuilder {
     /// line's columns are distinct: a line naming one twice never sets the
     /// shape) and no known types. False, with nothing added, for any other
     /// line, which `push_entries_into` then takes the long way.
-    ///
-    /// With `KEYS_READ` the line was read against [`ShapeKeys`], so its
-    /// keys are that shape's columns (distinct for the same reason) and
-    /// need no comparing again.
     #[inline]
-    fn push_in_shape<const KEYS_READ: bool>(
+    fn push_in_shape(
         &mut self,
         line: u64,
         len_bytes: usize,
@@ -1268,10 +1419,7 @@ impl BatchBuilder {
         read: &LineEntries,
     ) -> bool {
         let entries = &read.entries;
-        let shape = match KEYS_READ {
-            true => &self.shape_keys.columns,
-            false => &self.shape,
-        };
+        let shape = &self.shape;
         if entries.len() != shape.len() {
             return false;
         }
@@ -1279,7 +1427,7 @@ impl BatchBuilder {
             let Some(column) = self.columns.get(i) else {
                 return false;
             };
-            if !KEYS_READ && !same_key(column.name.as_bytes(), entry.key.bytes(src)) {
+            if !same_key(column.name.as_bytes(), entry.key.bytes(src)) {
                 return false;
             }
             let fits = match (column.column_type, entry.value) {
@@ -1694,7 +1842,8 @@ mod json {
     /// reads what serde_json reads (tested against it).
     pub mod fast {
         use super::super::{
-            seconds_to_us, time_from_bytes, Entry, LineEntries, Raw, ShapeKeys, Span,
+            seconds_to_us, time_from_bytes, Column, Entry, LineEntries, Raw, ShapeKeys, Span,
+            Values,
         };
 
         fn span(start: usize, end: usize) -> Span {
@@ -1708,86 +1857,189 @@ mod json {
         /// of `text`); false when it declines the line.
         pub fn read_line(text: &[u8], time_column: &str, out: &mut LineEntries) -> bool {
             out.clear();
-            read(text, &AnyKeys { time_column }, out).is_some()
+            read(text, time_column, out).is_some()
         }
 
-        /// [`read_line`] for a line expected to list `keys`, in their order
-        /// and as they are written there; false when it does not (then
-        /// `read_line` reads it) or when `read_line` would decline it.
-        pub(in super::super) fn read_line_shaped(
+        /// Why [`store_line_shaped`] did not store a line.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub(in super::super) enum Unstored {
+            /// Its keys are not the shape's: another key, one out of the
+            /// shape's order, or one written differently.
+            Keys,
+            /// Its keys are, but a value is not one this reader stores as it
+            /// is in its column: another type, an escape, a bad time, or
+            /// anything [`read_line`] declines.
+            Value,
+        }
+
+        /// Stores a line that lists `keys`' keys, in their order and as
+        /// they are written there (any may be left out), straight into their
+        /// columns, after `rows` rows. Each value must be of its column's
+        /// type as it is (an int into a float column is one). Answers
+        /// whether it had a time; when it does not store the line, every
+        /// column is as it was.
+        pub(in super::super) fn store_line_shaped(
             text: &[u8],
             keys: &ShapeKeys,
-            out: &mut LineEntries,
-        ) -> bool {
-            out.clear();
-            read(text, keys, out).is_some()
-        }
-
-        /// How [`read`] finds a line's keys.
-        trait Keys {
-            /// The line's `k`-th key, at `i`: its span, the index past it,
-            /// and whether it names the time column.
-            fn key(&self, text: &[u8], i: usize, k: usize) -> Option<(Span, usize, bool)>;
-            /// Whether a line of `count` keys has them all.
-            fn complete(&self, count: usize) -> bool;
-        }
-
-        /// Any keys, each scanned to its closing quote.
-        struct AnyKeys<'a> {
-            time_column: &'a str,
-        }
-
-        impl Keys for AnyKeys<'_> {
-            #[inline(always)]
-            fn key(&self, text: &[u8], i: usize, _k: usize) -> Option<(Span, usize, bool)> {
-                let (key, next) = string(text, i)?;
-                let time = super::super::same_key(key.bytes(text), self.time_column.as_bytes());
-                Some((key, next, time))
-            }
-
-            fn complete(&self, _count: usize) -> bool {
-                true
-            }
-        }
-
-        /// The shape's keys, each matched as text.
-        impl Keys for ShapeKeys {
-            #[inline(always)]
-            fn key(&self, text: &[u8], i: usize, k: usize) -> Option<(Span, usize, bool)> {
-                let end = *self.ends.get(k)?;
-                let start = k.checked_sub(1).map_or(0, |p| self.ends[p]);
-                // A column's name, so UTF-8: a line that has it has UTF-8 here.
-                let quoted = &self.quoted[start..end];
-                let written = text.get(i..i + quoted.len())?;
-                if !super::super::same_key(written, quoted) {
-                    return None;
+            columns: &mut [Column],
+            rows: usize,
+        ) -> Result<bool, Unstored> {
+            let stored = store(text, keys, columns, rows);
+            if stored.is_err() {
+                for &c in &keys.columns {
+                    columns[c].take_back(rows);
                 }
-                let key = span(i + 1, i + quoted.len() - 1);
-                Some((key, i + quoted.len(), self.time_at == Some(k)))
             }
+            stored
+        }
 
-            fn complete(&self, count: usize) -> bool {
-                count == self.ends.len()
+        fn store(
+            text: &[u8],
+            keys: &ShapeKeys,
+            columns: &mut [Column],
+            rows: usize,
+        ) -> Result<bool, Unstored> {
+            use Unstored::{Keys, Value};
+            let b = text;
+            let mut i = skip_ws(b, 0);
+            if b.get(i) != Some(&b'{') {
+                return Err(Value);
             }
+            i = skip_ws(b, i + 1);
+            let mut has_time = false;
+            if b.get(i) == Some(&b'}') {
+                i += 1;
+            } else {
+                let mut from = 0;
+                loop {
+                    let (k, next) = keys.find(text, i, from).ok_or(Keys)?;
+                    from = k + 1;
+                    i = skip_ws(b, next);
+                    if b.get(i) != Some(&b':') {
+                        return Err(Value);
+                    }
+                    i = skip_ws(b, i + 1);
+                    let time = keys.time_at == Some(k);
+                    let column = &mut columns[keys.columns[k]];
+                    let (next, stored) = store_value(text, i, time, column, rows).ok_or(Value)?;
+                    has_time |= stored && time;
+                    i = skip_ws(b, next);
+                    match b.get(i) {
+                        Some(b',') => i = skip_ws(b, i + 1),
+                        Some(b'}') => {
+                            i += 1;
+                            break;
+                        }
+                        _ => return Err(Value),
+                    }
+                }
+            }
+            if skip_ws(b, i) != b.len() {
+                return Err(Value);
+            }
+            Ok(has_time)
+        }
+
+        /// Stores the value at `i` in `column` (padded to `rows` first),
+        /// as [`value`] reads it; a null is not stored. The index past it,
+        /// and whether it was stored.
+        #[inline(always)]
+        fn store_value(
+            text: &[u8],
+            i: usize,
+            time: bool,
+            column: &mut Column,
+            rows: usize,
+        ) -> Option<(usize, bool)> {
+            let b = text;
+            let first = *b.get(i)?;
+            if first == b'n' {
+                return b[i..].starts_with(b"null").then_some((i + 4, false));
+            }
+            column.pad_to(rows);
+            let next = match (&mut column.values, first) {
+                (Values::Str(s), b'"') if !time => {
+                    let (span, next) = string(b, i)?;
+                    s.push(b, span);
+                    next
+                }
+                (Values::Int(v), b'-' | b'0'..=b'9') if !time => match number(b, i, false)? {
+                    (Raw::Int(x), next) => {
+                        v.push(x);
+                        next
+                    }
+                    _ => return None,
+                },
+                (Values::Float(v), b'-' | b'0'..=b'9') if !time => match number(b, i, false)? {
+                    (Raw::Int(x), next) => {
+                        v.push(x as f64);
+                        next
+                    }
+                    (Raw::Float(x), next) => {
+                        v.push(x);
+                        next
+                    }
+                    _ => return None,
+                },
+                (Values::Bool(v), b't') if !time && b[i..].starts_with(b"true") => {
+                    v.push(true);
+                    i + 4
+                }
+                (Values::Bool(v), b'f') if !time && b[i..].starts_with(b"false") => {
+                    v.push(false);
+                    i + 5
+                }
+                (Values::Tags(t), b'[') if !time => {
+                    let mut j = skip_ws(b, i + 1);
+                    if b.get(j) != Some(&b']') {
+                        loop {
+                            let (s, next) = string(b, j)?;
+                            t.items.push(b, s);
+                            j = skip_ws(b, next);
+                            match b.get(j) {
+                                Some(b',') => j = skip_ws(b, j + 1),
+                                Some(b']') => break,
+                                _ => return None,
+                            }
+                        }
+                    }
+                    t.end_list();
+                    j + 1
+                }
+                (Values::Time(v), b'"') if time => {
+                    let (s, next) = string(b, i)?;
+                    v.push(time_from_bytes(s.bytes(b))?);
+                    next
+                }
+                (Values::Time(v), b'-' | b'0'..=b'9') if time => match number(b, i, true)? {
+                    (Raw::Time(x), next) => {
+                        v.push(x);
+                        next
+                    }
+                    _ => return None,
+                },
+                _ => return None,
+            };
+            column.stored();
+            Some((next, true))
         }
 
         /// Outside its strings, a line read here is ASCII (whitespace, JSON's
         /// punctuation, numbers and literals), and each string is checked as
         /// UTF-8 ([`string`]): a line that is not UTF-8 is declined.
-        fn read(text: &[u8], keys: &impl Keys, out: &mut LineEntries) -> Option<()> {
+        fn read(text: &[u8], time_column: &str, out: &mut LineEntries) -> Option<()> {
             let b = text;
             let mut i = skip_ws(b, 0);
             if b.get(i) != Some(&b'{') {
                 return None;
             }
             i = skip_ws(b, i + 1);
-            let mut count = 0;
             if b.get(i) == Some(&b'}') {
                 i += 1;
             } else {
                 loop {
-                    let (key, next, time) = keys.key(text, i, count)?;
-                    count += 1;
+                    let (key, next) = string(text, i)?;
+                    let time = super::super::same_key(key.bytes(text), time_column.as_bytes());
                     i = skip_ws(b, next);
                     if b.get(i) != Some(&b':') {
                         return None;
@@ -1805,7 +2057,7 @@ mod json {
                     }
                 }
             }
-            (keys.complete(count) && skip_ws(b, i) == b.len()).then_some(())
+            (skip_ws(b, i) == b.len()).then_some(())
         }
 
         /// Bytes that end the plain part of a JSON string: its closing
@@ -2576,10 +2828,13 @@ mod tests {
             .push_json(12, r#"{"time": "noon", "x": 12, "s": "s12", "tags": []}"#)
             .unwrap_err();
         assert!(err.reason.contains("column `time`"), "{err}");
-        // Lines 3, 5, 6, 9, 10 and 11 were read against the usual keys
-        // (two misses close together, lines 4 and 7, unseated them; line 8
-        // set them again).
+        // Lines 3 to 6, 8 and 10 went straight into their columns (line 4
+        // leaves a key out, in the usual order). Line 7 has another key;
+        // lines 9, 11 and 12 have a value that does not go straight in (a
+        // float for an int column, which widens it, text, a bad time): they
+        // took the long way.
         assert_eq!(b.shape_keys.hits, 6);
+        assert_eq!(b.shape_keys.misses, 1);
         let batch = b.finish().unwrap().unwrap().batch;
         assert_eq!(batch.num_rows(), 10);
         let x = batch.column_by_name("x").unwrap();
@@ -2861,59 +3116,105 @@ mod tests {
         }
     }
 
-    fn shape_keys(names: &[&str]) -> ShapeKeys {
-        let mut keys = ShapeKeys::default();
-        for (k, name) in names.iter().enumerate() {
-            keys.quoted
-                .extend_from_slice(format!("\"{name}\"").as_bytes());
-            keys.ends.push(keys.quoted.len());
-            if *name == "time" {
-                keys.time_at = Some(k);
-            }
+    /// Pushes `lines` into a builder that stores lines in the usual keys
+    /// straight into their columns (`straight`), or into one that never
+    /// does: each line's outcome, the batch cut, and how many lines went
+    /// straight in.
+    fn pushed(
+        lines: &[&[u8]],
+        straight: bool,
+    ) -> (Vec<Result<(), Rejection>>, Option<RecordBatch>, u32) {
+        let mut b = builder();
+        if !straight {
+            b.shape_keys.misses = u32::MAX; // never worth trying
         }
-        keys
+        let outcomes = (1..)
+            .zip(lines)
+            .map(|(n, line)| b.push_json_bytes(n, line))
+            .collect();
+        let hits = b.shape_keys.hits;
+        (outcomes, b.finish().unwrap().map(|d| d.batch), hits)
     }
 
     #[test]
-    fn the_reader_for_known_keys_reads_what_the_fast_reader_reads_or_declines() {
-        let read_both = |names: &[&str], text: &str| {
-            let mut shaped = LineEntries::default();
-            if !json::fast::read_line_shaped(text.as_bytes(), &shape_keys(names), &mut shaped) {
-                return false;
-            }
-            let mut fast = LineEntries::default();
-            assert!(
-                json::fast::read_line(text.as_bytes(), "time", &mut fast),
-                "{text}"
-            );
-            assert_eq!(resolved(text, &shaped), resolved(text, &fast), "{text}");
-            true
+    fn a_line_in_the_usual_keys_goes_straight_in_and_lands_as_the_long_way_lands_it() {
+        let usual = br#"{"time": 1700000000, "a": 1.5, "b": ["x", "y"], "s": "s", "ok": true}"#;
+        let check = |text: &[u8], straight: bool| {
+            // The usual keys are set by the second line (the first makes
+            // the columns) and read in by the third; the last line is read
+            // in them whatever `text` was.
+            let lines = [&usual[..], usual, usual, text, usual];
+            let (outcomes, batch, hits) = pushed(&lines, true);
+            let (long_outcomes, long_batch, _) = pushed(&lines, false);
+            let shown = String::from_utf8_lossy(text);
+            assert_eq!(outcomes, long_outcomes, "{shown}");
+            assert_eq!(batch, long_batch, "{shown}");
+            assert_eq!(hits, 2 + u32::from(straight), "{shown}");
         };
-        let abc = ["time", "a", "b"];
         for text in [
-            r#"{"time": 1700000000, "a": 1.5, "b": ["x", "y"]}"#,
-            r#" {  "time"  :  "2024-01-01T00:00:00Z" ,"a":null,"b":[] } "#,
-            r#"{"time": 1, "a": "s", "b": true}"#,
+            &br#"{"time": 1, "a": 2, "b": [], "s": "t", "ok": false}"#[..],
+            br#" {  "time"  :  "2024-01-01T00:00:00Z" ,"a":null,"b":[ "z" ] ,"s":"u","ok":null } "#,
+            br#"{"time": 1700000000.25, "a": -0.5e1, "b": ["x"], "s": "", "ok": true}"#,
+            "{\"time\": 1, \"b\": [\"😀\", \"é\"], \"s\": \"naïve €\"}".as_bytes(),
+            // Keys left out, in the usual order.
+            br#"{"time": 1, "s": "t"}"#,
+            br#"{"a": 3, "ok": false}"#,
+            br#"{"time": null, "b": null}"#,
+            br#"{}"#,
         ] {
-            assert!(read_both(&abc, text), "declined {text}");
+            check(text, true);
         }
         for text in [
-            r#"{"time": 1, "a": 1}"#,
-            r#"{"time": 1, "a": 1, "b": 2, "c": 3}"#,
-            r#"{"time": 1, "b": 2, "a": 1}"#,
-            r#"{"time": 1, "ab": 1, "b": 2}"#,
-            r#"{"time": 1, "a\u0062": 1, "b": 2}"#,
-            r#"{"time": 1, "a": 1, "b": 2"#,
-            r#"{"time": 1, "a": 1, "b": 2} x"#,
-            r#"{"time": true, "a": 1, "b": 2}"#,
-            r#"{"time": 1, "a": {"b": 1}, "b": 2}"#,
-            r#"{"time": 1 "a": 1, "b": 2}"#,
-            r#"{"time": 1, "a": 1, "b": 2,}"#,
-            r#"{"time"#,
-            "",
+            // Not the usual keys: another order, another key, one twice,
+            // one written with an escape.
+            &br#"{"a": 1, "time": 1}"#[..],
+            br#"{"time": 1, "c": 3}"#,
+            br#"{"time": 1, "a": 1, "a": 2}"#,
+            br#"{"time": 1, "\u0061": 1}"#,
+            // Values that do not go straight in, some after others did: a
+            // list cut short by a number, an escape, another type.
+            br#"{"time": 1, "a": 1, "b": ["x", 1], "s": "t"}"#,
+            br#"{"time": 1, "b": ["x", "y"], "s": "a\nb"}"#,
+            br#"{"time": 1, "a": "s"}"#,
+            br#"{"time": 1, "ok": 1}"#,
+            br#"{"time": 1, "s": 1}"#,
+            br#"{"time": 1, "b": "x"}"#,
+            br#"{"time": 1, "a": 1e400}"#,
+            br#"{"time": true}"#,
+            br#"{"time": "noon", "a": 1}"#,
+            br#"{"time": [], "a": 1}"#,
+            b"{\"time\": 1, \"b\": [\"x\", \"\xff\"]}",
+            // Not JSON, or not one object.
+            br#"{"time": 1, "s": "x"} x"#,
+            br#"{"time": 1, "s": "x",}"#,
+            br#"{"time": 1 "s": "x"}"#,
+            br#"{"time": 1, "s": "x""#,
+            br#"[1]"#,
+            b"",
         ] {
-            assert!(!read_both(&abc, text), "read {text}");
+            check(text, false);
         }
+    }
+
+    #[test]
+    fn a_line_taken_back_leaves_every_kind_of_column_as_it_was() {
+        let first = r#"{"time": 1, "n": 1, "f": 0.5, "ok": true, "s": "s", "t": ["a"]}"#;
+        let mut b = builder();
+        b.push_json(1, first).unwrap();
+        let mut keys = ShapeKeys::default();
+        keys.set(&(0..b.columns.len()).collect::<Vec<_>>(), &b.columns);
+        let second = br#"{"time": 2, "n": 2, "f": 1.5, "ok": false, "s": "longer than sixteen bytes", "t": ["b", "c"]}"#;
+        let stored = json::fast::store_line_shaped(second, &keys, &mut b.columns, 1);
+        assert_eq!(stored, Ok(true));
+        for c in &mut b.columns {
+            c.take_back(1);
+        }
+        let mut only_first = builder();
+        only_first.push_json(1, first).unwrap();
+        assert_eq!(
+            b.finish().unwrap().unwrap().batch,
+            only_first.finish().unwrap().unwrap().batch
+        );
     }
 
     #[test]
