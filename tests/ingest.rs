@@ -186,7 +186,8 @@ fn a_type_conflict_across_batches_rejects_exactly_the_later_lines() {
     let cluster = TestCluster::up(2);
     let first_batch = scuba::limits::BATCH_ROWS_MAX as u64;
     let text_lines = first_batch + 1..=2 * first_batch;
-    let input: String = (1..=30_000u64)
+    let total = 3 * first_batch + 5_000;
+    let input: String = (1..=total)
         .map(|n| {
             if n < first_batch {
                 format!("{{\"n\": {n}}}\n")
@@ -211,12 +212,12 @@ fn a_type_conflict_across_batches_rejects_exactly_the_later_lines() {
         "SELECT count(*), count(x), sum(x), max(n) FROM conflict",
         &[],
     );
-    let with_x: Vec<u64> = (first_batch..=30_000)
+    let with_x: Vec<u64> = (first_batch..=total)
         .filter(|n| !text_lines.contains(n))
         .collect();
-    let rows = 30_000 - (text_lines.end() - text_lines.start() + 1);
+    let rows = total - (text_lines.end() - text_lines.start() + 1);
     assert_eq!(
         answer["rows"][0],
-        serde_json::json!([rows, with_x.len(), with_x.iter().sum::<u64>(), 30_000])
+        serde_json::json!([rows, with_x.len(), with_x.iter().sum::<u64>(), total])
     );
 }

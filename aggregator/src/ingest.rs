@@ -7,7 +7,8 @@
 //!        │ taken back k mod n, so in input order
 //!  collector thread ──bounded channel (INGEST_INFLIGHT_MAX)──> async sender:
 //!     up to INGEST_INFLIGHT_MAX batches in flight; each goes to the better of two random
-//!     leaves (free memory); unreachable / full / restarting -> next leaf, same batch id
+//!     leaves (free memory as last reported, less batches in flight to it: placement::Room);
+//!     unreachable / full / restarting -> next leaf, same batch id
 //! ```
 //!
 //! A batch is counted as ingested only when a leaf acknowledged it (applied
@@ -36,7 +37,7 @@ use scuba::wire::{BatchId, ErrorKind};
 use tokio::sync::mpsc;
 
 use crate::error::Result;
-use crate::placement::two_choices;
+use crate::placement::Room;
 use crate::transport::{IngestFailure, LeafTransport};
 
 /// Rejections kept for the report (all are counted; the first are kept).
@@ -337,7 +338,7 @@ pub async fn ingest<R: Read + Send + 'static>(
     let started = Instant::now();
     let (known, free) = survey(&transport, &options.table).await?;
     let n = free.len();
-    let free = Arc::new(Mutex::new(free));
+    let room = Arc::new(Mutex::new(Room::new(free)));
     let seed = options.seed.unwrap_or_else(rand::random);
     let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(seed)));
     let session: u64 = StdRng::seed_from_u64(seed ^ 0x5eed).random();
@@ -368,7 +369,7 @@ pub async fn ingest<R: Read + Send + 'static>(
                     seq += 1;
                     let id = BatchId { session, seq };
                     in_flight.push(send_batch(Arc::clone(&transport), Arc::clone(&table), id, ipc, lines, n,
-                        Arc::clone(&free), Arc::clone(&rng)));
+                        Arc::clone(&room), Arc::clone(&rng)));
                 }
             },
             done = in_flight.next(), if !in_flight.is_empty() => {
@@ -436,25 +437,31 @@ async fn send_batch(
     ipc: Arc<Vec<u8>>,
     lines: Vec<u64>,
     leaves: usize,
-    free: Arc<Mutex<Vec<u64>>>,
+    room: Arc<Mutex<Room>>,
     rng: Arc<Mutex<StdRng>>,
 ) -> BatchDone {
+    let bytes = ipc.len() as u64;
     let mut excluded = vec![false; leaves];
     let mut last_error = String::from("no leaves");
     let mut retries = 0;
     for attempt in 0..INGEST_ATTEMPTS_MAX.max(leaves) {
         let pick = {
-            let free = free.lock().expect("poisoned");
             let mut rng = rng.lock().expect("poisoned");
-            two_choices(&mut *rng, &free, &excluded)
+            room.lock()
+                .expect("poisoned")
+                .place(&mut *rng, bytes, &excluded)
         };
         let Some(leaf) = pick else { break };
         if attempt > 0 {
             retries += 1;
         }
-        match transport.ingest(leaf, &table, id, Arc::clone(&ipc)).await {
+        let sent = transport.ingest(leaf, &table, id, Arc::clone(&ipc)).await;
+        let reported = sent.as_ref().ok().map(|ack| ack.memory_free_bytes);
+        room.lock()
+            .expect("poisoned")
+            .answered(leaf, bytes, reported);
+        match sent {
             Ok(ack) => {
-                free.lock().expect("poisoned")[leaf] = ack.memory_free_bytes;
                 return BatchDone {
                     lines,
                     retries,
