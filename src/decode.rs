@@ -1893,10 +1893,6 @@ mod json {
             stored
         }
 
-        /// The walk over the object's members is written out here as in
-        /// [`read`], not shared with it through a closure: shared, the
-        /// `--dry-run` CPU of the 2M sample events rose from 517 to 532 ms
-        /// (medians of eight alternating runs).
         fn store(
             text: &[u8],
             keys: &ShapeKeys,
@@ -1904,44 +1900,25 @@ mod json {
             rows: usize,
         ) -> Result<bool, Unstored> {
             use Unstored::{Keys, Value};
-            let b = text;
-            let mut i = skip_ws(b, 0);
-            if b.get(i) != Some(&b'{') {
-                return Err(Value);
-            }
-            i = skip_ws(b, i + 1);
             let mut has_time = false;
-            if b.get(i) == Some(&b'}') {
-                i += 1;
-            } else {
-                let mut from = 0;
-                loop {
-                    let (k, next) = keys.find(text, i, from).ok_or(Keys)?;
-                    from = k + 1;
-                    i = skip_ws(b, next);
-                    if b.get(i) != Some(&b':') {
-                        return Err(Value);
+            let mut from = 0;
+            let mut at = open(text).ok_or(Value)?;
+            loop {
+                let i = match at {
+                    Member::Key(i) => i,
+                    Member::Closed(end) => {
+                        return closed(text, end).then_some(has_time).ok_or(Value)
                     }
-                    i = skip_ws(b, i + 1);
-                    let time = keys.time_at == Some(k);
-                    let column = &mut columns[keys.columns[k]];
-                    let (next, stored) = store_value(text, i, time, column, rows).ok_or(Value)?;
-                    has_time |= stored && time;
-                    i = skip_ws(b, next);
-                    match b.get(i) {
-                        Some(b',') => i = skip_ws(b, i + 1),
-                        Some(b'}') => {
-                            i += 1;
-                            break;
-                        }
-                        _ => return Err(Value),
-                    }
-                }
+                };
+                let (k, next) = keys.find(text, i, from).ok_or(Keys)?;
+                from = k + 1;
+                let i = past_colon(text, next).ok_or(Value)?;
+                let time = keys.time_at == Some(k);
+                let column = &mut columns[keys.columns[k]];
+                let (next, stored) = store_value(text, i, time, column, rows).ok_or(Value)?;
+                has_time |= stored && time;
+                at = after_value(text, next).ok_or(Value)?;
             }
-            if skip_ws(b, i) != b.len() {
-                return Err(Value);
-            }
-            Ok(has_time)
         }
 
         /// Stores the value at `i` in `column` (padded to `rows` first),
@@ -2032,36 +2009,63 @@ mod json {
         /// punctuation, numbers and literals), and each string is checked as
         /// UTF-8 ([`string`]): a line that is not UTF-8 is declined.
         fn read(text: &[u8], time_column: &str, out: &mut LineEntries) -> Option<()> {
-            let b = text;
-            let mut i = skip_ws(b, 0);
+            let mut at = open(text)?;
+            loop {
+                let i = match at {
+                    Member::Key(i) => i,
+                    Member::Closed(end) => return closed(text, end).then_some(()),
+                };
+                let (key, next) = string(text, i)?;
+                let time = super::super::same_key(key.bytes(text), time_column.as_bytes());
+                let next = value(text, past_colon(text, next)?, time, key, out)?;
+                at = after_value(text, next)?;
+            }
+        }
+
+        /// Where a walk over an object's members is.
+        enum Member {
+            /// At a member's key, which starts here.
+            Key(usize),
+            /// Past the object's closing brace, which ends here.
+            Closed(usize),
+        }
+
+        /// The first member of the object `b` opens with (after whitespace).
+        #[inline(always)]
+        fn open(b: &[u8]) -> Option<Member> {
+            let i = skip_ws(b, 0);
             if b.get(i) != Some(&b'{') {
                 return None;
             }
-            i = skip_ws(b, i + 1);
-            if b.get(i) == Some(&b'}') {
-                i += 1;
-            } else {
-                loop {
-                    let (key, next) = string(text, i)?;
-                    let time = super::super::same_key(key.bytes(text), time_column.as_bytes());
-                    i = skip_ws(b, next);
-                    if b.get(i) != Some(&b':') {
-                        return None;
-                    }
-                    i = skip_ws(b, i + 1);
-                    let next = value(text, i, time, key, out)?;
-                    i = skip_ws(b, next);
-                    match b.get(i) {
-                        Some(b',') => i = skip_ws(b, i + 1),
-                        Some(b'}') => {
-                            i += 1;
-                            break;
-                        }
-                        _ => return None,
-                    }
-                }
+            let i = skip_ws(b, i + 1);
+            Some(match b.get(i) {
+                Some(b'}') => Member::Closed(i + 1),
+                _ => Member::Key(i),
+            })
+        }
+
+        /// The start of a member's value, for its key ending at `i`.
+        #[inline(always)]
+        fn past_colon(b: &[u8], i: usize) -> Option<usize> {
+            let i = skip_ws(b, i);
+            (b.get(i) == Some(&b':')).then(|| skip_ws(b, i + 1))
+        }
+
+        /// The next member, for a value ending at `i`.
+        #[inline(always)]
+        fn after_value(b: &[u8], i: usize) -> Option<Member> {
+            let i = skip_ws(b, i);
+            match b.get(i) {
+                Some(b',') => Some(Member::Key(skip_ws(b, i + 1))),
+                Some(b'}') => Some(Member::Closed(i + 1)),
+                _ => None,
             }
-            (skip_ws(b, i) == b.len()).then_some(())
+        }
+
+        /// Whether only whitespace follows an object that closed at `end`.
+        #[inline(always)]
+        fn closed(b: &[u8], end: usize) -> bool {
+            skip_ws(b, end) == b.len()
         }
 
         /// Bytes that end the plain part of a JSON string: its closing
