@@ -1,7 +1,7 @@
 //! Turning input lines (JSON objects or CSV records) into Arrow batches.
 //!
 //! ```text
-//!  stdin ──read_chunks──> TextChunk: lines cut at line ends (bounded; one copy, the read)
+//!  stdin ──ChunkReader──> TextChunk: lines cut at line ends (bounded; one copy, the read)
 //!                            │ oversized -> Rejection; JSON lines as bytes (line_bytes),
 //!                            │ CSV's checked as UTF-8 (line)
 //!                            v
@@ -219,112 +219,167 @@ const READ_BYTES: usize = 128 * 1024;
 /// false. A line longer than [`LINE_BYTES_MAX`] is skipped without being
 /// held whole, and reported in its place.
 pub fn read_chunks<R: std::io::Read>(
-    mut input: R,
+    input: R,
     max_lines: usize,
     max_bytes: usize,
     mut send: impl FnMut(TextChunk) -> bool,
 ) -> std::io::Result<()> {
-    use std::io::Read as _;
-    let mut chunk = TextChunk {
-        first_line: 1,
-        ..TextChunk::default()
-    };
-    // `chunk.text[line_start..]` is the line being read; up to `scanned`
-    // it has no line feed.
-    let mut line_start = 0usize;
-    let mut scanned = 0usize;
-    // Bytes of an oversized line skipped so far.
-    let mut skipping: Option<usize> = None;
-    loop {
-        let (read, failed) = match input
-            .by_ref()
-            .take(READ_BYTES as u64)
-            .read_to_end(&mut chunk.text)
-        {
-            Ok(n) => (n, None),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            // Bytes read before the error are in the chunk: their whole
-            // lines still go on below.
-            Err(e) => (0, Some(e)),
-        };
-        let at_end = read == 0;
-        loop {
-            let Some(at) = memchr::memchr(b'\n', &chunk.text[scanned..]) else {
-                scanned = chunk.text.len();
-                break;
-            };
-            let end = scanned + at;
-            match skipping.take() {
-                Some(skipped) => {
-                    chunk.lines.push(ChunkLine::Oversized {
-                        len_bytes: skipped + (end - line_start) + 1,
-                    });
-                    // Drop the oversized line's last bytes.
-                    chunk.text.drain(line_start..=end);
-                }
-                None if end - line_start > LINE_BYTES_MAX => {
-                    chunk.lines.push(ChunkLine::Oversized {
-                        len_bytes: end - line_start + 1,
-                    });
-                    chunk.text.drain(line_start..=end);
-                }
-                None => {
-                    chunk.lines.push(ChunkLine::Text {
-                        start: line_start as u32,
-                        end: end as u32,
-                    });
-                    line_start = end + 1;
-                }
-            }
-            scanned = line_start;
-            if chunk.lines.len() >= max_lines || line_start >= max_bytes {
-                // The rest starts the next chunk, with room for as much
-                // text as this one had: grown by doubling instead, each
-                // chunk's text was copied about once more on the way.
-                let mut text = Vec::with_capacity(line_start.min(max_bytes) + 2 * READ_BYTES);
-                text.extend_from_slice(&chunk.text[line_start..]);
-                let next = TextChunk {
-                    first_line: chunk.first_line + chunk.lines.len() as u64,
-                    text,
-                    utf8: None,
-                    lines: Vec::with_capacity(chunk.lines.len()),
-                };
-                chunk.text.truncate(line_start);
-                if !send(std::mem::replace(&mut chunk, next)) {
-                    return Ok(());
-                }
-                line_start = 0;
-                scanned = 0;
-            }
+    let mut reader = ChunkReader::new(input, max_lines, max_bytes);
+    while let Some(chunk) = reader.next_chunk()? {
+        if !send(chunk) {
+            break;
         }
-        let partial = chunk.text.len() - line_start;
-        if skipping.is_some() || partial > LINE_BYTES_MAX {
-            *skipping.get_or_insert(0) += partial;
-            chunk.text.truncate(line_start);
-            scanned = line_start;
+    }
+    Ok(())
+}
+
+/// [`read_chunks`] one chunk at a time: whoever holds the reader reads the
+/// next chunk, so several threads can take turns at one input.
+pub struct ChunkReader<R> {
+    input: R,
+    max_lines: usize,
+    max_bytes: usize,
+    /// The chunk being filled.
+    chunk: TextChunk,
+    /// `chunk.text[line_start..]` is the line being read; up to `scanned`
+    /// it has no line feed.
+    line_start: usize,
+    scanned: usize,
+    /// Bytes of an oversized line skipped so far.
+    skipping: Option<usize>,
+    /// The input has no more bytes.
+    at_end: bool,
+    /// Why the last read failed; the lines read before it still go out.
+    failed: Option<std::io::Error>,
+    /// The error to give after the chunk it cut short.
+    error: Option<std::io::Error>,
+    done: bool,
+}
+
+impl<R: std::io::Read> ChunkReader<R> {
+    pub fn new(input: R, max_lines: usize, max_bytes: usize) -> Self {
+        ChunkReader {
+            input,
+            max_lines,
+            max_bytes,
+            chunk: TextChunk {
+                first_line: 1,
+                ..TextChunk::default()
+            },
+            line_start: 0,
+            scanned: 0,
+            skipping: None,
+            at_end: false,
+            failed: None,
+            error: None,
+            done: false,
         }
-        if let Some(e) = failed {
-            // The line the error cut short is not a line.
-            if !chunk.lines.is_empty() {
-                chunk.text.truncate(line_start);
-                send(chunk);
-            }
+    }
+
+    /// The next chunk of lines; `None` at the end of the input. A read
+    /// error comes after the chunk of the lines read before it.
+    pub fn next_chunk(&mut self) -> std::io::Result<Option<TextChunk>> {
+        use std::io::Read as _;
+        if let Some(e) = self.error.take() {
             return Err(e);
         }
-        if at_end {
-            match skipping {
-                Some(len_bytes) => chunk.lines.push(ChunkLine::Oversized { len_bytes }),
-                None if line_start < chunk.text.len() => chunk.lines.push(ChunkLine::Text {
-                    start: line_start as u32,
-                    end: chunk.text.len() as u32,
-                }),
-                None => {}
+        loop {
+            if self.done {
+                return Ok(None);
             }
-            if !chunk.lines.is_empty() {
-                send(chunk);
+            while let Some(at) = memchr::memchr(b'\n', &self.chunk.text[self.scanned..]) {
+                let end = self.scanned + at;
+                let line_start = self.line_start;
+                match self.skipping.take() {
+                    Some(skipped) => {
+                        self.chunk.lines.push(ChunkLine::Oversized {
+                            len_bytes: skipped + (end - line_start) + 1,
+                        });
+                        // Drop the oversized line's last bytes.
+                        self.chunk.text.drain(line_start..=end);
+                    }
+                    None if end - line_start > LINE_BYTES_MAX => {
+                        self.chunk.lines.push(ChunkLine::Oversized {
+                            len_bytes: end - line_start + 1,
+                        });
+                        self.chunk.text.drain(line_start..=end);
+                    }
+                    None => {
+                        self.chunk.lines.push(ChunkLine::Text {
+                            start: line_start as u32,
+                            end: end as u32,
+                        });
+                        self.line_start = end + 1;
+                    }
+                }
+                self.scanned = self.line_start;
+                if self.chunk.lines.len() >= self.max_lines || self.line_start >= self.max_bytes {
+                    return Ok(Some(self.cut()));
+                }
             }
-            return Ok(());
+            self.scanned = self.chunk.text.len();
+            let partial = self.chunk.text.len() - self.line_start;
+            if self.skipping.is_some() || partial > LINE_BYTES_MAX {
+                *self.skipping.get_or_insert(0) += partial;
+                self.chunk.text.truncate(self.line_start);
+                self.scanned = self.line_start;
+            }
+            if let Some(e) = self.failed.take() {
+                self.done = true;
+                // The line the error cut short is not a line.
+                self.chunk.text.truncate(self.line_start);
+                if self.chunk.lines.is_empty() {
+                    return Err(e);
+                }
+                self.error = Some(e);
+                return Ok(Some(std::mem::take(&mut self.chunk)));
+            }
+            if self.at_end {
+                self.done = true;
+                match self.skipping {
+                    Some(len_bytes) => self.chunk.lines.push(ChunkLine::Oversized { len_bytes }),
+                    None if self.line_start < self.chunk.text.len() => {
+                        self.chunk.lines.push(ChunkLine::Text {
+                            start: self.line_start as u32,
+                            end: self.chunk.text.len() as u32,
+                        })
+                    }
+                    None => {}
+                }
+                let chunk = std::mem::take(&mut self.chunk);
+                return Ok((!chunk.lines.is_empty()).then_some(chunk));
+            }
+            match self
+                .input
+                .by_ref()
+                .take(READ_BYTES as u64)
+                .read_to_end(&mut self.chunk.text)
+            {
+                Ok(n) => self.at_end = n == 0,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // Bytes read before the error are in the chunk: their whole
+                // lines still go out.
+                Err(e) => self.failed = Some(e),
+            }
         }
+    }
+
+    /// Cuts the chunk at the current line start: the rest starts the next
+    /// chunk, with room for as much text as this one had (grown by doubling
+    /// instead, each chunk's text was copied about once more on the way).
+    fn cut(&mut self) -> TextChunk {
+        let mut text = Vec::with_capacity(self.line_start.min(self.max_bytes) + 2 * READ_BYTES);
+        text.extend_from_slice(&self.chunk.text[self.line_start..]);
+        let next = TextChunk {
+            first_line: self.chunk.first_line + self.chunk.lines.len() as u64,
+            text,
+            utf8: None,
+            lines: Vec::with_capacity(self.chunk.lines.len()),
+        };
+        self.chunk.text.truncate(self.line_start);
+        self.line_start = 0;
+        self.scanned = 0;
+        std::mem::replace(&mut self.chunk, next)
     }
 }
 

@@ -6,7 +6,7 @@
 //! answer carries.
 //!
 //! ```text
-//!   stdin ──decode::read_chunks──> TextChunk (lines) ──decode::BatchBuilder──> RecordBatch
+//!   stdin ──decode::ChunkReader──> TextChunk (lines) ──decode::BatchBuilder──> RecordBatch
 //!                                                                  │ ipc::batches_to_ipc
 //!                                                                  v
 //!   scubactl ──wire::ingest_frame_head + IPC bytes (IngestRef)──> leaf (scuba-leaf)
