@@ -43,10 +43,11 @@ pub const LEAVES_MAX: usize = 4096;
 pub const INGEST_INFLIGHT_MAX: usize = 16;
 
 /// Threads decoding input lines in one `scubactl ingest` (at most the
-/// machine's cores). Each holds at most four batches: one of lines queued,
-/// one being decoded, one decoded in its channel and one waiting to enter
-/// it; beyond them, the collector holds one and the sender
-/// [`INGEST_INFLIGHT_MAX`] queued plus as many in flight.
+/// machine's cores), which take turns reading the input. Each holds at
+/// most three batches: one being read or decoded, one decoded in its
+/// channel and one waiting to enter it; beyond them, the collector holds
+/// one and the sender [`INGEST_INFLIGHT_MAX`] queued plus as many in
+/// flight.
 pub const INGEST_DECODERS_MAX: usize = 8;
 
 /// Attempts to place one batch before ingest gives up on it.
