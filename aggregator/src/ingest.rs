@@ -203,8 +203,10 @@ impl<R: Read> Baton<R> {
     }
 
     /// Ends the turns: a decoder stopped, so its chunks would never be read.
+    /// Runs while a panic unwinds too, so a poisoned lock is taken as it is.
     fn stop(&self) {
-        self.state.lock().expect("input baton poisoned").done = true;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.done = true;
         self.passed.notify_all();
     }
 }
