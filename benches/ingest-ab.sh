@@ -3,8 +3,11 @@
 # the same ROWS `scubactl gen` events with `scubactl ingest < file` into a
 # fresh 4-leaf cluster per build, and prints the wall time and rows/s as
 # scubactl reports them, the CPU its client used (centiseconds, bash's
-# `time`) and the CPU its servers used (centiseconds, /proc/PID/stat). Quicker than benches/ab.sh when a change touches ingest
-# alone. Compare the medians; leave out a round that ran right after a build.
+# `time`), the CPU its servers used (centiseconds, /proc/PID/stat) and the
+# time the whole machine was busy meanwhile (centiseconds, /proc/stat: it
+# also counts the kernel's own threads, such as writeback). Quicker than
+# benches/ab.sh when a change touches ingest alone. Compare the medians;
+# leave out a round that ran right after a build.
 #
 # Usage: benches/ingest-ab.sh OLD_SCUBACTL NEW_SCUBACTL [ROUNDS]
 set -euo pipefail
@@ -25,12 +28,12 @@ for round in $(seq "$ROUNDS"); do
         dir="$(mktemp -d)"
         "$bin" cluster up --leaves 4 --dir "$dir" >/dev/null 2>&1
         cat "$data" > /dev/null # in the page cache, as for every load
-        before=$(servers_cs "$dir")
+        before=$(servers_cs "$dir") busy_before=$(busy_cs)
         client=$({ time "$bin" ingest --table events --dir "$dir" < "$data" > "$dir/ingest.out" 2>&1; } 2>&1)
         out=$(tail -1 "$dir/ingest.out")
-        after=$(servers_cs "$dir")
+        after=$(servers_cs "$dir") busy_after=$(busy_cs)
         client_cs=$(awk '{printf "%d", ($1 + $2) * 100}' <<<"$client")
-        echo "round $round $side: $(grep -o '[0-9.]* s, [0-9]* rows/s' <<<"$out") client_cpu_cs $client_cs servers_cpu_cs $((after - before))"
+        echo "round $round $side: $(grep -o '[0-9.]* s, [0-9]* rows/s' <<<"$out") client_cpu_cs $client_cs servers_cpu_cs $((after - before)) machine_busy_cs $((busy_after - busy_before))"
         "$bin" cluster down --dir "$dir" >/dev/null 2>&1
         rm -rf "$dir"
         dir=""

@@ -11,3 +11,7 @@ servers_cs() { # CPU centiseconds the servers of the cluster in folder $1 have u
     done
     echo "$total"
 }
+
+busy_cs() { # CPU centiseconds the whole machine has been busy (not idle or waiting for I/O) so far
+    awk '/^cpu /{printf "%d", ($2 + $3 + $4 + $7 + $8) * 100 / '"$(getconf CLK_TCK)"'}' /proc/stat
+}

@@ -171,14 +171,10 @@ impl TextChunk {
         let number = self.first_line + i as u64;
         match self.lines[i] {
             ChunkLine::Oversized { len_bytes } => LineBytes::Oversized { number, len_bytes },
-            ChunkLine::Text { start, end } => {
-                let text = self.utf8.as_deref().map_or(&self.text[..], str::as_bytes);
-                let mut bytes = &text[start as usize..end as usize];
-                if let [rest @ .., b'\r'] = bytes {
-                    bytes = rest;
-                }
-                LineBytes::Text { number, bytes }
-            }
+            ChunkLine::Text { start, end } => LineBytes::Text {
+                number,
+                bytes: self.text_of(start, end),
+            },
         }
     }
 
@@ -188,25 +184,30 @@ impl TextChunk {
         let number = self.first_line + i as u64;
         match self.lines[i] {
             ChunkLine::Oversized { len_bytes } => Line::Oversized { number, len_bytes },
-            ChunkLine::Text { start, end } if self.utf8.is_some() => {
-                let whole = self.utf8.as_deref().expect("checked");
-                let text = &whole[start as usize..end as usize];
-                Line::Text {
-                    number,
-                    text: text.strip_suffix('\r').unwrap_or(text),
-                }
-            }
             ChunkLine::Text { start, end } => {
-                let mut bytes = &self.text[start as usize..end as usize];
-                if let [rest @ .., b'\r'] = bytes {
-                    bytes = rest;
-                }
-                match std::str::from_utf8(bytes) {
-                    Ok(text) => Line::Text { number, text },
-                    Err(_) => Line::NotUtf8 { number },
+                let bytes = self.text_of(start, end);
+                match &self.utf8 {
+                    // Cut before a line end or a `\r` (ASCII), so at a
+                    // character's end.
+                    Some(whole) => Line::Text {
+                        number,
+                        text: &whole[start as usize..start as usize + bytes.len()],
+                    },
+                    None => match std::str::from_utf8(bytes) {
+                        Ok(text) => Line::Text { number, text },
+                        Err(_) => Line::NotUtf8 { number },
+                    },
                 }
             }
         }
+    }
+
+    /// The text from `start` to `end`, less a `\r` that ends it.
+    #[inline]
+    fn text_of(&self, start: u32, end: u32) -> &[u8] {
+        let text = self.utf8.as_deref().map_or(&self.text[..], str::as_bytes);
+        let bytes = &text[start as usize..end as usize];
+        bytes.strip_suffix(b"\r").unwrap_or(bytes)
     }
 }
 
@@ -2026,21 +2027,9 @@ mod json {
                     i + 5
                 }
                 (Values::Tags(t), b'[') if !time => {
-                    let mut j = skip_ws(b, i + 1);
-                    if b.get(j) != Some(&b']') {
-                        loop {
-                            let (s, next) = string(b, j)?;
-                            t.items.push(b, s);
-                            j = skip_ws(b, next);
-                            match b.get(j) {
-                                Some(b',') => j = skip_ws(b, j + 1),
-                                Some(b']') => break,
-                                _ => return None,
-                            }
-                        }
-                    }
+                    let next = string_list(b, i, |s| t.items.push(b, s))?;
                     t.end_list();
-                    j + 1
+                    next
                 }
                 (Values::Time(v), b'"') if time => {
                     let (s, next) = string(b, i)?;
@@ -2249,24 +2238,12 @@ mod json {
                 b'f' if !time && b[i..].starts_with(b"false") => emit(Raw::Bool(false), i + 5),
                 b'[' if !time => {
                     let first = out.tags.len();
-                    let mut j = skip_ws(b, i + 1);
-                    if b.get(j) != Some(&b']') {
-                        loop {
-                            let (s, next) = string(b, j)?;
-                            out.tags.push(s);
-                            j = skip_ws(b, next);
-                            match b.get(j) {
-                                Some(b',') => j = skip_ws(b, j + 1),
-                                Some(b']') => break,
-                                _ => return None,
-                            }
-                        }
-                    }
+                    let next = string_list(b, i, |s| out.tags.push(s))?;
                     let tags = Raw::Tags {
                         first: first as u32,
                         count: (out.tags.len() - first) as u32,
                     };
-                    emit(tags, j + 1)
+                    emit(tags, next)
                 }
                 b'-' | b'0'..=b'9' => {
                     let (raw, next) = number(text, i, time)?;
@@ -2274,6 +2251,27 @@ mod json {
                 }
                 _ => None,
             }
+        }
+
+        /// The list of strings opening at `i` (at its `[`), each handed to
+        /// `item` in order, and the index past its `]`; `None` for a list
+        /// of anything else (items handed on before stay handed on).
+        #[inline(always)]
+        fn string_list(b: &[u8], i: usize, mut item: impl FnMut(Span)) -> Option<usize> {
+            let mut j = skip_ws(b, i + 1);
+            if b.get(j) != Some(&b']') {
+                loop {
+                    let (s, next) = string(b, j)?;
+                    item(s);
+                    j = skip_ws(b, next);
+                    match b.get(j) {
+                        Some(b',') => j = skip_ws(b, j + 1),
+                        Some(b']') => break,
+                        _ => return None,
+                    }
+                }
+            }
+            Some(j + 1)
         }
 
         /// A number in JSON's grammar: an int64 when it has no fraction or

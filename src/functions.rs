@@ -21,6 +21,7 @@ use datafusion::arrow::datatypes::FieldRef;
 use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::config::ConfigOptions;
+use datafusion::execution::context::SessionContext;
 use datafusion::functions::datetime::date_bin::DateBinFunc;
 use datafusion::logical_expr::interval_arithmetic::Interval;
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
@@ -32,8 +33,15 @@ use datafusion::logical_expr::{
 use strength_reduce::StrengthReducedU64;
 
 /// The functions to register, each under its DataFusion name.
-pub fn scalar_udfs() -> Vec<ScalarUDF> {
+fn scalar_udfs() -> Vec<ScalarUDF> {
     vec![ScalarUDF::new_from_impl(DateBin::default())]
+}
+
+/// Puts the database's functions in place of DataFusion's in `ctx`.
+pub fn register(ctx: &SessionContext) {
+    for udf in scalar_udfs() {
+        ctx.register_udf(udf);
+    }
 }
 
 const NANOS_PER_MICRO: i64 = 1_000;
@@ -204,7 +212,6 @@ mod tests {
     use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::arrow::util::pretty::pretty_format_batches;
     use datafusion::datasource::MemTable;
-    use datafusion::prelude::SessionContext;
 
     fn times(values: Vec<Option<i64>>) -> ArrayRef {
         Arc::new(TimestampMicrosecondArray::from(values))
@@ -259,9 +266,10 @@ mod tests {
     #[test]
     fn a_null_slots_value_is_not_binned() {
         let minute = 60_000_000;
-        let t0 = 1_699_999_980_000_000; // a minute's start
-                                        // What a null's slot holds is up to whoever built the array.
-                                        // Here one lies just before the origin, one past year 2262.
+        // A minute's start.
+        let t0 = 1_699_999_980_000_000;
+        // What a null's slot holds is up to whoever built the array. Here
+        // one lies just before the origin, one past year 2262.
         let values = vec![t0 + 5, t0 - 5, t0 + 3, i64::MAX, t0 + minute];
         let nulls = vec![true, false, true, false, true];
         let source =
@@ -279,8 +287,9 @@ mod tests {
         );
     }
 
-    /// The same SQL through a session with [`scalar_udfs`] and through a
-    /// stock one, over batches in and out of the short path's range.
+    /// The same SQL through a session with the database's functions
+    /// ([`register`]) and through a stock one, over batches in and out of
+    /// the short path's range.
     #[tokio::test]
     async fn date_bin_answers_exactly_as_datafusions_own() {
         let schema = Arc::new(Schema::new(vec![Field::new(
@@ -313,9 +322,7 @@ mod tests {
         )
         .expect("table");
         let ours = SessionContext::new();
-        for udf in scalar_udfs() {
-            ours.register_udf(udf);
-        }
+        register(&ours);
         let stock = SessionContext::new();
         let table = Arc::new(table);
         ours.register_table("t", table.clone()).expect("register");

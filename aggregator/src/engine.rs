@@ -389,9 +389,7 @@ impl Aggregator {
             .with_physical_optimizer_rules(rules)
             .build();
         let ctx = SessionContext::new_with_state(state);
-        for udf in scuba::functions::scalar_udfs() {
-            ctx.register_udf(udf);
-        }
+        scuba::functions::register(&ctx);
         for (table, schema) in tables {
             let provider = ClusterTable {
                 name: table.clone(),

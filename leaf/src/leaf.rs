@@ -1173,9 +1173,7 @@ fn clear_dir(dir: &std::path::Path) {
 /// with the database's own in place of some ([`scuba::functions`]).
 fn task_context(config: SessionConfig) -> Arc<TaskContext> {
     let ctx = SessionContext::new_with_config(config);
-    for udf in scuba::functions::scalar_udfs() {
-        ctx.register_udf(udf);
-    }
+    scuba::functions::register(&ctx);
     ctx.task_ctx()
 }
 
