@@ -7,8 +7,8 @@
 //!
 //! ```text
 //!   stdin ──decode::ChunkReader──> TextChunk (lines) ──decode::BatchBuilder──> RecordBatch
-//!                                                                  │ ipc::batches_to_ipc
-//!                                                                  v
+//!                                                                  │ ipc::batch_to_ipc_stream
+//!                                                                  v (pieces sharing the columns)
 //!   scubactl ──wire::ingest_frame_head + IPC bytes (IngestRef)──> leaf (scuba-leaf)
 //!   scubactl ──wire::Request::Query──> aggregator (scuba-aggregator)
 //!                                        │ wire::Request::Fragment (datafusion-proto plan)

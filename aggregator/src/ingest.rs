@@ -29,6 +29,7 @@ use scuba::decode::{
     is_blank, BatchBuilder, ChunkOrder, ChunkReader, InputFormat, Line, LineBytes, Rejection,
     TextChunk,
 };
+use scuba::ipc::IpcStream;
 use scuba::limits::{
     BATCH_BYTES_MAX, BATCH_ROWS_MAX, INGEST_ATTEMPTS_MAX, INGEST_DECODERS_MAX, INGEST_INFLIGHT_MAX,
     LINE_BYTES_MAX,
@@ -84,7 +85,10 @@ impl IngestReport {
 }
 
 enum Msg {
-    Batch { ipc: Arc<Vec<u8>>, lines: Vec<u64> },
+    Batch {
+        ipc: Arc<IpcStream>,
+        lines: Vec<u64>,
+    },
     Rejected(Rejection),
     Failed(String),
 }
@@ -132,7 +136,7 @@ struct Chunk {
 
 /// A chunk's rows as Arrow IPC, and the input line of each.
 struct EncodedBatch {
-    ipc: Vec<u8>,
+    ipc: IpcStream,
     lines: Vec<u64>,
 }
 
@@ -280,7 +284,7 @@ fn decode_chunks<R: Read>(
         }
         let batch = match builder.finish() {
             Ok(Some(decoded)) => Some(
-                scuba::ipc::batches_to_ipc(&decoded.batch.schema(), &[decoded.batch])
+                scuba::ipc::batch_to_ipc_stream(&decoded.batch)
                     .map(|ipc| EncodedBatch {
                         ipc,
                         lines: decoded.lines,
@@ -504,7 +508,7 @@ async fn send_batch(
     transport: Arc<dyn LeafTransport>,
     table: Arc<str>,
     id: BatchId,
-    ipc: Arc<Vec<u8>>,
+    ipc: Arc<IpcStream>,
     lines: Vec<u64>,
     leaves: usize,
     room: Arc<Mutex<Room>>,

@@ -14,6 +14,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
 use quinn::{Connection, Endpoint};
 use scuba::coverage::MissingReason;
+use scuba::ipc::IpcStream;
 use scuba::wire::{BatchId, ErrorKind, LeafStats, Request, Response, WireError, PROTOCOL_VERSION};
 use scuba_leaf::net::{connect, read_end, read_frame, read_last_frame, request};
 use scuba_leaf::{Leaf, LeafError};
@@ -115,7 +116,7 @@ pub trait LeafTransport: Send + Sync + 'static {
         leaf: usize,
         table: &str,
         batch_id: BatchId,
-        ipc: Arc<Vec<u8>>,
+        ipc: Arc<IpcStream>,
     ) -> Result<IngestAck, IngestFailure>;
     /// Drops any cached connection to `leaf` (after a timeout), so the next
     /// request connects afresh.
@@ -330,7 +331,7 @@ impl LeafTransport for QuicTransport {
         leaf: usize,
         table: &str,
         batch_id: BatchId,
-        ipc: Arc<Vec<u8>>,
+        ipc: Arc<IpcStream>,
     ) -> Result<IngestAck, IngestFailure> {
         // The watchdog ends the request early when the leaf is gone.
         self.watched(leaf, async {
@@ -385,7 +386,7 @@ impl QuicTransport {
         leaf: usize,
         table: &str,
         batch_id: BatchId,
-        ipc: Arc<Vec<u8>>,
+        ipc: Arc<IpcStream>,
     ) -> Result<IngestAck, IngestFailure> {
         let unreachable = |e: String| IngestFailure::Unreachable(e);
         let head = scuba::wire::ingest_frame_head(table, batch_id, ipc.len())
@@ -394,12 +395,18 @@ impl QuicTransport {
             .connection(leaf)
             .await
             .map_err(|r| unreachable(r.to_string()))?;
-        // The batch goes out as it is (shared, not copied per try): the
-        // frame's head, then the bytes.
+        // The batch goes out as it is (its pieces shared with the batch,
+        // not copied per try): the frame's head, then the stream's pieces.
+        let mut chunks: Vec<bytes::Bytes> = std::iter::once(bytes::Bytes::from(head))
+            .chain(
+                ipc.pieces()
+                    .iter()
+                    .map(|p| bytes::Bytes::from_owner(Piece(p.clone()))),
+            )
+            .collect();
         let sent = async {
             let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            send.write_all(&head).await.map_err(|e| e.to_string())?;
-            send.write_chunk(bytes::Bytes::from_owner(SharedBytes(ipc)))
+            send.write_all_chunks(&mut chunks)
                 .await
                 .map_err(|e| e.to_string())?;
             send.finish().map_err(|e| e.to_string())?;
@@ -429,11 +436,11 @@ impl QuicTransport {
     }
 }
 
-/// A batch shared between tries, as bytes a QUIC stream sends without
-/// copying.
-struct SharedBytes(Arc<Vec<u8>>);
+/// A piece of a batch's IPC stream (shared between tries and with the
+/// batch), as bytes a QUIC stream sends without copying.
+struct Piece(Buffer);
 
-impl AsRef<[u8]> for SharedBytes {
+impl AsRef<[u8]> for Piece {
     fn as_ref(&self) -> &[u8] {
         self.0.as_slice()
     }
@@ -494,13 +501,15 @@ impl LeafTransport for InProcessTransport {
         leaf: usize,
         table: &str,
         batch_id: BatchId,
-        ipc: Arc<Vec<u8>>,
+        ipc: Arc<IpcStream>,
     ) -> Result<IngestAck, IngestFailure> {
         let leaf = Arc::clone(&self.leaves[leaf]);
         let table = table.to_string();
-        let outcome = tokio::task::spawn_blocking(move || leaf.ingest(&table, batch_id, &ipc))
-            .await
-            .map_err(|e| IngestFailure::Unreachable(e.to_string()))?;
+        let outcome = tokio::task::spawn_blocking(move || {
+            leaf.ingest_buffer(&table, batch_id, ipc.to_buffer())
+        })
+        .await
+        .map_err(|e| IngestFailure::Unreachable(e.to_string()))?;
         match outcome {
             Ok(o) => Ok(IngestAck {
                 rows: o.rows,

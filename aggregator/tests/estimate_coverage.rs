@@ -16,6 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scuba::coverage::MissingReason;
 use scuba::decode::InputFormat;
+use scuba::ipc::IpcStream;
 use scuba::schema::TIME_COLUMN_DEFAULT;
 use scuba::wire::{BatchId, LeafStats};
 use scuba_aggregator::engine::{Aggregator, QueryAnswer, QueryDefaults, QueryOptions};
@@ -62,7 +63,7 @@ impl LeafTransport for Unreachable {
         leaf: usize,
         table: &str,
         batch_id: BatchId,
-        ipc: Arc<Vec<u8>>,
+        ipc: Arc<IpcStream>,
     ) -> Result<IngestAck, IngestFailure> {
         self.inner.ingest(leaf, table, batch_id, ipc).await
     }
