@@ -10,13 +10,11 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
 use scuba::decode::BatchBuilder;
 use scuba::wire::{BatchId, Request, Response};
-use scuba_aggregator::certs;
-use scuba_leaf::leaf::{Leaf, LeafOptions};
-use scuba_leaf::net::{
-    client_endpoint, connect, read_last_frame, request, TlsFiles, UDP_PAYLOAD_BYTES_MAX,
-};
+use scuba_leaf::net::{read_last_frame, request, UDP_PAYLOAD_BYTES_MAX};
 
 /// An Arrow IPC batch of `rows` sample events, as the client encodes one.
 fn ipc_batch(rows: usize) -> Vec<u8> {
@@ -40,19 +38,7 @@ fn ipc_batch(rows: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ingest_over_loopback_goes_in_the_largest_packets_and_loses_none() {
-    let tls = tempfile::tempdir().unwrap();
-    certs::generate(tls.path(), &["leaf-0".to_string(), "client".to_string()]).unwrap();
-    let (leaf, _) = Leaf::open(LeafOptions::in_memory("leaf-0")).unwrap();
-    let server = scuba_leaf::server::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        &TlsFiles::in_dir(tls.path(), "leaf-0"),
-    )
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    tokio::spawn(scuba_leaf::server::serve(leaf, server));
-
-    let client = client_endpoint(&TlsFiles::in_dir(tls.path(), "client")).unwrap();
-    let conn = connect(&client, addr).await.unwrap();
+    let (_tls, _client, conn) = common::leaf_over_loopback().await;
     // Discovery runs in the background from the handshake on; quinn's
     // search stops within its minimum step (20 bytes) of the bound.
     let deadline = Instant::now() + Duration::from_secs(10);

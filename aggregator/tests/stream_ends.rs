@@ -9,26 +9,14 @@
 
 use std::time::Duration;
 
+mod common;
+
 use scuba::wire::{Request, Response};
-use scuba_aggregator::certs;
-use scuba_leaf::leaf::{Leaf, LeafOptions};
-use scuba_leaf::net::{client_endpoint, connect, read_last_frame, request, TlsFiles};
+use scuba_leaf::net::{read_last_frame, request};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_requests_stop_no_streams() {
-    let tls = tempfile::tempdir().unwrap();
-    certs::generate(tls.path(), &["leaf-0".to_string(), "client".to_string()]).unwrap();
-    let (leaf, _) = Leaf::open(LeafOptions::in_memory("leaf-0")).unwrap();
-    let server = scuba_leaf::server::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        &TlsFiles::in_dir(tls.path(), "leaf-0"),
-    )
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    tokio::spawn(scuba_leaf::server::serve(leaf, server));
-
-    let client = client_endpoint(&TlsFiles::in_dir(tls.path(), "client")).unwrap();
-    let conn = connect(&client, addr).await.unwrap();
+    let (_tls, _client, conn) = common::leaf_over_loopback().await;
     for _ in 0..20 {
         let mut recv = request(&conn, &Request::LeafStats).await.unwrap();
         let reply = read_last_frame::<Response>(&mut recv).await.unwrap();
