@@ -54,14 +54,14 @@ pub const UDP_BUFFER_BYTES: usize = 4 << 20;
 /// Path-MTU discovery grows packets from 1,200 bytes up to this where the
 /// path carries them (loopback, jumbo-frame networks) and stops at what a
 /// usual Ethernet carries (about 1,450 to 1,472 bytes), whose larger probes
-/// are lost. Fewer, larger
-/// packets cost less per byte: each packet is built, encrypted, tracked and
-/// acknowledged on its own. The bound comes from segmentation offload: quinn
-/// hands the kernel up to [`DATAGRAMS_PER_SEND`] packets in one `sendmsg`,
-/// Linux refuses a send of more than 64 KiB in all (EMSGSIZE), and quinn-udp
-/// counts a refused send as sent, so every packet of it would be lost. (At
-/// 8,000 bytes an ingest of the 2M sample events took 14 s instead of 0.6:
-/// 1,871 of its 6,525 sends refused, `strace -c -e trace=sendmsg`.)
+/// are lost. Fewer, larger packets cost less per byte: each packet is
+/// built, encrypted, tracked and acknowledged on its own. The bound comes
+/// from segmentation offload: quinn hands the kernel up to
+/// [`DATAGRAMS_PER_SEND`] packets in one `sendmsg`, Linux refuses a send of
+/// more than 64 KiB in all (EMSGSIZE), and quinn-udp counts a refused send
+/// as sent, so every packet of it would be lost. (At 8,000 bytes, an ingest
+/// of the 2M sample events had 1,871 of its 6,525 sends refused, `strace -f
+/// -c -e trace=sendmsg scubactl ingest`, and took 14 s.)
 pub const UDP_PAYLOAD_BYTES_MAX: u16 = 6_500;
 
 /// Packets quinn gives the kernel in one send at most (quinn 0.11's
