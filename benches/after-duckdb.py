@@ -7,14 +7,9 @@ used (centiseconds, /proc/PID/stat).
 Usage: benches/.venv/bin/python benches/after-duckdb.py SCUBACTL FILE
 """
 import duckdb, subprocess, sys, time, tempfile, os, re
+
+from procstat import servers_cs
 B, DATA = sys.argv[1], sys.argv[2]
-def servers_cs(d):
-    out = subprocess.run(["pgrep", "-f", f"serve --cluster {d}/"], capture_output=True, text=True).stdout.split()
-    tot = 0
-    for p in out:
-        f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-        tot += int(f[11]) + int(f[12])
-    return tot
 def ingest():
     d = tempfile.mkdtemp()
     subprocess.run([B, "cluster", "up", "--leaves", "4", "--dir", d], capture_output=True, check=True)

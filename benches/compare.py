@@ -11,7 +11,10 @@ Everything is wall-clock time on this machine:
    what the log's fsync costs. INGEST_RUNS rounds, the three alternating in
    each, medians reported (after a `sync`, so a fresh build's writeback does
    not land in the first). The file is read once before each timed load, so
-   every load reads it from the page cache.
+   every load reads it from the page cache. Each scuba load also prints
+   the CPU its client and its servers used and the machine's busy, steal,
+   idle and I/O-wait time meanwhile (centiseconds), so a slow load shows
+   whether it worked more or waited.
  * Queries: six Scuba-shaped queries, 1 warm-up + RUNS timed runs each,
    medians reported. Scuba is timed two ways: as the whole `scubactl query`
    process (nothing subtracted; `SELECT 1` is timed as the client start-up
@@ -23,10 +26,12 @@ The data's `time` is RFC 3339 in some rows and unix seconds in others. If
 DuckDB does not infer a timestamp for it, DuckDB's query table is loaded from
 a normalized copy written here (`time` as an ISO string in every row).
 """
-import contextlib, datetime as dt, json, math, os, re, shutil
+import contextlib, datetime as dt, json, math, os, re, resource, shutil
 import statistics, subprocess, sys, tempfile, time
 
 import duckdb
+
+from procstat import machine_cs, servers_cs
 
 RUNS, LEAVES = 5, 4
 INGEST_RUNS = 3
@@ -91,11 +96,23 @@ def warm(path):
 
 
 def ingest(d):
-    """Returns (wall seconds, rows, rows/s as printed by scubactl)."""
+    """Returns (wall seconds, rows, rows/s as printed by scubactl). Prints
+    where the load's time went: the CPU the client and the servers used,
+    and how long the machine's two cores were busy, idle and waiting for
+    the disk meanwhile (centiseconds), so a slow load shows whether it
+    worked more or waited."""
     warm(DATA)
+    s0, m0 = servers_cs(d), machine_cs()
+    # The children this process has waited for: from here, only scubactl.
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(DATA, "rb") as f:
         secs, p = scuba("ingest", "--table", "events", "--dir", d, stdin=f)
-    print(f"  scubactl: {p.stdout.strip()}  [wall {secs:.2f} s]")
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    s1, m1 = servers_cs(d), machine_cs()
+    client = (c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime) * 100
+    busy, steal, idle, iowait = (b - a for a, b in zip(m0, m1))
+    print(f"  scubactl: {p.stdout.strip()}  [wall {secs:.2f} s; CPU cs: client {client:.0f}, "
+          f"servers {s1 - s0}; machine cs: busy {busy}, steal {steal}, idle {idle}, iowait {iowait}]")
     m = re.search(r"(\d+) rows ingested, (\d+) rows rejected.*, (\d+) rows/s", p.stdout)
     if p.returncode or not m:
         raise RuntimeError(f"ingest failed: {error_of(p)}")
