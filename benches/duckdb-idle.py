@@ -13,15 +13,13 @@ import time
 
 import duckdb
 
+from procstat import machine_cs
+
 ROUNDS = int(os.environ.get("ROUNDS", 3))
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def busy_cs():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    # user, nice, system, irq, softirq: not idle, not waiting for I/O
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) * 100 // TICKS
+    return machine_cs()[0]
 
 
 con = duckdb.connect()

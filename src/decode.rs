@@ -214,28 +214,12 @@ impl TextChunk {
 /// Bytes asked of the input per read.
 const READ_BYTES: usize = 128 * 1024;
 
-/// Reads `input` to its end in chunks of at most `max_lines` lines and
-/// about `max_bytes` bytes (a chunk is cut at the first line end past it),
-/// handing each to `send` in input order; stops early when `send` says
-/// false. A line longer than [`LINE_BYTES_MAX`] is skipped without being
+/// Reads an input in chunks of at most `max_lines` lines and about
+/// `max_bytes` bytes (a chunk is cut at the first line end past it), one
+/// chunk per [`ChunkReader::next_chunk`], in input order: whoever holds the
+/// reader reads the next chunk, so several threads can take turns at one
+/// input. A line longer than [`LINE_BYTES_MAX`] is skipped without being
 /// held whole, and reported in its place.
-pub fn read_chunks<R: std::io::Read>(
-    input: R,
-    max_lines: usize,
-    max_bytes: usize,
-    mut send: impl FnMut(TextChunk) -> bool,
-) -> std::io::Result<()> {
-    let mut reader = ChunkReader::new(input, max_lines, max_bytes);
-    while let Some(chunk) = reader.next_chunk()? {
-        if !send(chunk) {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// [`read_chunks`] one chunk at a time: whoever holds the reader reads the
-/// next chunk, so several threads can take turns at one input.
 pub struct ChunkReader<R> {
     input: R,
     max_lines: usize,
@@ -3524,6 +3508,23 @@ mod tests {
             out.push(format!("{line:?}"));
         }
         out
+    }
+
+    /// Reads `input` to its end through a [`ChunkReader`], handing each
+    /// chunk to `send` in input order; stops early when `send` says false.
+    fn read_chunks<R: std::io::Read>(
+        input: R,
+        max_lines: usize,
+        max_bytes: usize,
+        mut send: impl FnMut(TextChunk) -> bool,
+    ) -> std::io::Result<()> {
+        let mut reader = ChunkReader::new(input, max_lines, max_bytes);
+        while let Some(chunk) = reader.next_chunk()? {
+            if !send(chunk) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// The same through [`read_chunks`], checking each chunk's bounds, and

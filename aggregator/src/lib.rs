@@ -1,7 +1,7 @@
 //! # scuba-aggregator: placement, fan-out, merge and coverage
 //!
 //! ```text
-//!  scubactl ingest ──ingest::ingest──> placement::two_choices ──transport──> leaves
+//!  scubactl ingest ──ingest::ingest──> placement::Room (two choices) ──transport──> leaves
 //!
 //!  scubactl query ──server──> engine::Aggregator::query
 //!        │ plan with DataFusion over ClusterTable (union of leaf schemas),

@@ -30,10 +30,7 @@ fn ipc_batch(rows: usize) -> Vec<u8> {
         builder.push_json(i as u64 + 1, &line).unwrap();
     }
     let batch = builder.finish().unwrap().unwrap().batch;
-    scuba::ipc::batch_to_ipc_stream(&batch)
-        .unwrap()
-        .to_buffer()
-        .to_vec()
+    scuba::ipc::batches_to_ipc(batch.schema_ref(), std::slice::from_ref(&batch)).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
