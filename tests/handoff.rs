@@ -273,3 +273,41 @@ fn a_crash_after_a_handoff_recovers_every_row_from_the_log() {
         before
     );
 }
+
+/// A successor appends to the segment its predecessor was writing, after
+/// that segment's last partial block (the disk log writes whole blocks):
+/// a crash afterwards still recovers every row, the predecessor's and the
+/// successor's.
+#[test]
+fn rows_a_successor_appends_to_a_handed_off_segment_survive_a_crash() {
+    let dir = tempfile::Builder::new()
+        .prefix("scuba-test-")
+        .tempdir()
+        .unwrap();
+    let cluster = TestCluster { dir, leaves: 1 };
+    run_ok(&cluster, &["cluster", "up", "--leaves", "1"]);
+    for seed in [21, 22, 23] {
+        assert!(cluster
+            .ingest("events", &gen_events(300, seed), &[])
+            .status
+            .success());
+        if seed != 23 {
+            run_ok(&cluster, &["leaf", "restart", "leaf-0", "--handoff"]);
+        }
+    }
+    let segments = std::fs::read_dir(cluster.path().join("leaves/leaf-0/log"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("log".as_ref()))
+        .count();
+    assert_eq!(segments, 1, "all three batches in one segment");
+    let before = cluster.query_json("SELECT count(*), sum(bytes) FROM events", &[])["rows"].clone();
+    assert_eq!(before[0][0], json!(900));
+    // SAFETY: kill(2) on a process this test started.
+    unsafe { libc::kill(cluster.pid("leaf-0"), libc::SIGKILL) };
+    run_ok(&cluster, &["cluster", "up"]);
+    assert!(leaf_log(&cluster, "leaf-0").contains("recovered from the disk log"));
+    assert_eq!(
+        cluster.query_json("SELECT count(*), sum(bytes) FROM events", &[])["rows"],
+        before
+    );
+}

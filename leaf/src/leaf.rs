@@ -581,6 +581,7 @@ impl Leaf {
         let log_segments = match &log {
             Some(log) => {
                 log.sync_to(log.written_bytes())?;
+                log.trim_tail()?;
                 log.segments()?
             }
             None => Vec::new(),

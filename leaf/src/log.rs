@@ -12,6 +12,16 @@
 //! covers every record written before it started, so concurrent batches
 //! share it.
 //!
+//! Direct writes: where the file system allows it (`O_DIRECT`), a record
+//! goes from an aligned staging buffer straight to the disk, not through
+//! the page cache: no kernel copy, no page-cache pages to allocate and
+//! write back later. Such writes cover whole blocks, so each one starts at
+//! the block holding the segment's end (rewriting that block's records as
+//! they were) and ends padded with zeros to a whole block; the log keeps the
+//! segment's real end. A zero tail shorter than a block after the last
+//! record is therefore no damage: recovery cuts it silently, and
+//! [`Log::trim_tail`] cuts it before a hand-off.
+//!
 //! Bounded disk: the leaf counts, per segment, the records whose rows are
 //! still held ([`Log::release`] when their block expires); a segment with
 //! none left is deleted. Recovery replays segments in order; a record whose
@@ -21,6 +31,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, IoSlice, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,12 +94,137 @@ pub struct Appended {
 struct Writer {
     id: u64,
     file: Arc<File>,
+    /// The segment's records' length (its file may be longer by a zero tail).
     len_bytes: u64,
+    /// Set when the segment takes direct writes.
+    direct: Option<Direct>,
+}
+
+/// How records reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    /// Straight from the staging buffer where the file system allows it,
+    /// through the page cache elsewhere.
+    Direct,
+    /// Through the page cache (as on file systems without direct writes).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Buffered,
+}
+
+/// Direct writes cover whole blocks of this many bytes, from buffers aligned
+/// to it: a multiple of every disk block size in use (512 and 4,096 bytes).
+const DIRECT_ALIGN: usize = 4096;
+
+/// Bytes the staging buffer starts with; it grows to the largest record seen.
+const DIRECT_BUFFER_BYTES_MIN: usize = 2 << 20;
+
+/// Bound on the staging buffer: the largest record plus the partial block
+/// before it and the padding after it.
+const DIRECT_BUFFER_BYTES_MAX: usize = FRAME_BYTES_MAX + RECORD_PREFIX_BYTES + 2 * DIRECT_ALIGN;
+
+/// A segment opened for direct writes, and the staging buffer they go out
+/// from: its first `tail_len` bytes are the segment's last partial block.
+struct Direct {
+    file: File,
+    buf: AlignedBuf,
+    tail_len: usize,
+}
+
+/// Bytes whose start is aligned to [`DIRECT_ALIGN`] (in a vector with room
+/// to spare, so without `unsafe`).
+struct AlignedBuf {
+    bytes: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> Self {
+        let bytes = vec![0u8; len + DIRECT_ALIGN];
+        let start = bytes.as_ptr().align_offset(DIRECT_ALIGN);
+        AlignedBuf { bytes, start, len }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.start..self.start + self.len]
+    }
+}
+
+impl Direct {
+    /// Opens `path` (already open as `file`, `len_bytes` of records long)
+    /// for direct writes, or `None` where its file system does not take them.
+    fn open(path: &Path, file: &File, len_bytes: u64, writes: Writes) -> Result<Option<Direct>> {
+        if writes == Writes::Buffered {
+            return Ok(None);
+        }
+        let direct = match open_direct(path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(segment = %path.display(), "writing the log through the page cache: no direct writes here ({e})");
+                return Ok(None);
+            }
+        };
+        let mut buf = AlignedBuf::new(DIRECT_BUFFER_BYTES_MIN);
+        let tail_len = (len_bytes % DIRECT_ALIGN as u64) as usize;
+        file.read_exact_at(&mut buf.as_mut()[..tail_len], len_bytes - tail_len as u64)
+            .map_err(|e| log_err(path, e))?;
+        Ok(Some(Direct {
+            file: direct,
+            buf,
+            tail_len,
+        }))
+    }
+
+    /// Writes `parts` (one record) after the segment's `len_bytes`.
+    fn write(&mut self, len_bytes: u64, parts: [&[u8]; 2]) -> std::io::Result<()> {
+        let end = self.tail_len + parts[0].len() + parts[1].len();
+        let padded = end.next_multiple_of(DIRECT_ALIGN);
+        if padded > self.buf.len {
+            if padded > DIRECT_BUFFER_BYTES_MAX {
+                return Err(std::io::Error::other(format!(
+                    "a record and the partial block before it ({end} bytes) are over the log's staging bound of {DIRECT_BUFFER_BYTES_MAX} bytes"
+                )));
+            }
+            let mut grown =
+                AlignedBuf::new(padded.max(2 * self.buf.len).min(DIRECT_BUFFER_BYTES_MAX));
+            grown.as_mut()[..self.tail_len].copy_from_slice(&self.buf.as_mut()[..self.tail_len]);
+            self.buf = grown;
+        }
+        let buf = self.buf.as_mut();
+        let mut at = self.tail_len;
+        for part in parts {
+            buf[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        buf[end..padded].fill(0);
+        self.file
+            .write_all_at(&buf[..padded], len_bytes - self.tail_len as u64)?;
+        // The new last partial block leads the next write.
+        let last_block = end / DIRECT_ALIGN * DIRECT_ALIGN;
+        buf.copy_within(last_block..end, 0);
+        self.tail_len = end - last_block;
+        Ok(())
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn open_direct(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_direct(_path: &Path) -> std::io::Result<File> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 pub struct Log {
     dir: PathBuf,
     policy: FsyncPolicy,
+    writes: Writes,
     segment_bytes_max: u64,
     writer: Mutex<Writer>,
     /// Bytes ever appended (across segments): positions for group commit.
@@ -183,6 +319,16 @@ impl Log {
         dir: &Path,
         policy: FsyncPolicy,
         segment_bytes_max: u64,
+        apply: impl FnMut(Record) -> Result<()>,
+    ) -> Result<(Log, Recovery)> {
+        Log::open_with(dir, policy, segment_bytes_max, Writes::Direct, apply)
+    }
+
+    fn open_with(
+        dir: &Path,
+        policy: FsyncPolicy,
+        segment_bytes_max: u64,
+        writes: Writes,
         mut apply: impl FnMut(Record) -> Result<()>,
     ) -> Result<(Log, Recovery)> {
         std::fs::create_dir_all(dir).map_err(|e| log_err(dir, e))?;
@@ -193,7 +339,7 @@ impl Log {
             live.insert(id, records);
             recovery.segments += 1;
         }
-        let log = Log::start(dir, policy, segment_bytes_max, live)?;
+        let log = Log::start(dir, policy, segment_bytes_max, writes, live)?;
         Ok((log, recovery))
     }
 
@@ -229,13 +375,14 @@ impl Log {
             .iter()
             .map(|&(id, _)| (id, live.get(&id).copied().unwrap_or(0)))
             .collect();
-        Log::start(dir, policy, segment_bytes_max, counts)
+        Log::start(dir, policy, segment_bytes_max, Writes::Direct, counts)
     }
 
     fn start(
         dir: &Path,
         policy: FsyncPolicy,
         segment_bytes_max: u64,
+        writes: Writes,
         live: BTreeMap<u64, u64>,
     ) -> Result<Log> {
         let id = live.keys().next_back().copied().unwrap_or(1);
@@ -247,16 +394,19 @@ impl Log {
             .open(&path)
             .map_err(|e| log_err(&path, e))?;
         let len_bytes = file.seek(SeekFrom::End(0)).map_err(|e| log_err(&path, e))?;
+        let direct = Direct::open(&path, &file, len_bytes, writes)?;
         let mut live = live;
         live.entry(id).or_insert(0);
         let log = Log {
             dir: dir.to_path_buf(),
             policy,
+            writes,
             segment_bytes_max: segment_bytes_max.max(1),
             writer: Mutex::new(Writer {
                 id,
                 file: Arc::new(file),
                 len_bytes,
+                direct,
             }),
             written_bytes: AtomicU64::new(0),
             synced_bytes: Mutex::new(0),
@@ -308,8 +458,26 @@ impl Log {
         if w.len_bytes > 0 && w.len_bytes + record_len > self.segment_bytes_max {
             self.rotate(&mut w)?;
         }
-        write_all_vectored(&w.file, &mut [IoSlice::new(&head), IoSlice::new(ipc)])
-            .map_err(|e| log_err(&segment_path(&self.dir, w.id), e))?;
+        let path = segment_path(&self.dir, w.id);
+        let len_bytes = w.len_bytes;
+        let mut written = None;
+        if let Some(direct) = &mut w.direct {
+            match direct.write(len_bytes, [&head, ipc]) {
+                // A disk whose blocks are larger than `DIRECT_ALIGN` (the
+                // write changed nothing): the page cache takes over.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!(segment = %path.display(), "the disk refused a direct write ({e}); the log goes through the page cache from here on");
+                    w.direct = None;
+                    w.file.set_len(len_bytes).map_err(|e| log_err(&path, e))?;
+                }
+                result => written = Some(result),
+            }
+        }
+        written
+            .unwrap_or_else(|| {
+                write_all_vectored(&w.file, &mut [IoSlice::new(&head), IoSlice::new(ipc)])
+            })
+            .map_err(|e| log_err(&path, e))?;
         w.len_bytes += record_len;
         *self.live.lock().expect("poisoned").entry(w.id).or_insert(0) += 1;
         let end = self.written_bytes.fetch_add(record_len, Ordering::SeqCst) + record_len;
@@ -320,6 +488,7 @@ impl Log {
     /// position before the new one is covered.
     fn rotate(&self, w: &mut Writer) -> Result<()> {
         let old = segment_path(&self.dir, w.id);
+        trim(w).map_err(|e| log_err(&old, e))?;
         if self.policy == FsyncPolicy::Group {
             w.file.sync_data().map_err(|e| log_err(&old, e))?;
         }
@@ -336,10 +505,12 @@ impl Log {
                 .and_then(|d| d.sync_all())
                 .map_err(|e| log_err(&self.dir, e))?;
         }
+        let direct = Direct::open(&path, &file, 0, self.writes)?;
         *w = Writer {
             id,
             file: Arc::new(file),
             len_bytes: 0,
+            direct,
         };
         self.live.lock().expect("poisoned").entry(id).or_insert(0);
         drop(old);
@@ -423,6 +594,14 @@ impl Log {
         }
     }
 
+    /// Cuts the segment being written back to its records' end (direct
+    /// writes leave it padded to a whole block): before a hand-off, whose
+    /// successor appends after the segment's end.
+    pub fn trim_tail(&self) -> Result<()> {
+        let w = self.writer.lock().expect("log lock poisoned");
+        trim(&w).map_err(|e| log_err(&segment_path(&self.dir, w.id), e))
+    }
+
     /// Segments and their lengths, for a hand-off.
     pub fn segments(&self) -> Result<Vec<(u64, u64)>> {
         let mut out = Vec::new();
@@ -480,6 +659,21 @@ impl Log {
     }
 }
 
+/// Whether the `len` bytes at `offset` are all zeros (unreadable ones are
+/// not: replay reads them and reports why).
+fn is_zero_tail(file: &File, offset: u64, len: usize) -> bool {
+    let mut tail = vec![0u8; len];
+    file.read_exact_at(&mut tail, offset).is_ok() && tail.iter().all(|&b| b == 0)
+}
+
+/// Cuts a segment's zero tail from direct writes.
+fn trim(w: &Writer) -> std::io::Result<()> {
+    if w.direct.is_some() {
+        w.file.set_len(w.len_bytes)?;
+    }
+    Ok(())
+}
+
 /// Replays one segment; returns its intact records' count. A bad record
 /// ends the segment: it is truncated there and the drop is reported.
 fn replay_segment(
@@ -500,6 +694,12 @@ fn replay_segment(
     let mut prefix = [0u8; RECORD_PREFIX_BYTES];
     'records: while offset < len {
         let remaining = len - offset;
+        if remaining < DIRECT_ALIGN as u64 && is_zero_tail(&file, offset, remaining as usize) {
+            // The padding of the last direct write: the records end here.
+            drop(reader);
+            file.set_len(offset).map_err(|e| log_err(path, e))?;
+            break;
+        }
         let why = 'torn: {
             if remaining < RECORD_PREFIX_BYTES as u64 {
                 break 'torn format!("{remaining} bytes of a record prefix");
@@ -619,18 +819,16 @@ mod tests {
     #[test]
     fn truncated_last_record_is_dropped_and_the_rest_kept() {
         let dir = tempfile::tempdir().unwrap();
-        {
+        let end = {
             let (log, _) = empty_log(dir.path(), FsyncPolicy::Never, SEGMENT_BYTES_MAX_DEFAULT);
             log.append("a", id(1), b"one").unwrap();
-            log.append("a", id(2), b"two-two-two").unwrap();
-        }
-        let path = last_segment(dir.path());
-        let len = std::fs::metadata(&path).unwrap().len();
+            log.append("a", id(2), b"two-two-two").unwrap().end
+        };
         OpenOptions::new()
             .write(true)
-            .open(&path)
+            .open(last_segment(dir.path()))
             .unwrap()
-            .set_len(len - 3)
+            .set_len(end - 3)
             .unwrap();
         let (seen, rec) = replay_all(dir.path());
         assert_eq!(seen.len(), 1);
@@ -644,15 +842,14 @@ mod tests {
     #[test]
     fn flipped_byte_in_last_record_is_caught_by_checksum() {
         let dir = tempfile::tempdir().unwrap();
-        {
+        let end = {
             let (log, _) = empty_log(dir.path(), FsyncPolicy::Never, SEGMENT_BYTES_MAX_DEFAULT);
             log.append("a", id(1), b"one").unwrap();
-            log.append("a", id(2), b"two").unwrap();
-        }
+            log.append("a", id(2), b"two").unwrap().end
+        };
         let path = last_segment(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0x55;
+        bytes[end as usize - 1] ^= 0x55;
         std::fs::write(&path, bytes).unwrap();
         let (seen, rec) = replay_all(dir.path());
         assert_eq!(seen.len(), 1);
@@ -690,5 +887,105 @@ mod tests {
             list_segments(dir.path()).unwrap(),
             vec![first.segment, second.segment]
         );
+    }
+
+    /// Appends records of awkward sizes (so they straddle blocks) in two
+    /// sessions of `writes`, with 20,000-byte segments; then replays all.
+    fn appended_over_two_sessions(dir: &Path, writes: Writes) -> Vec<(String, u64, Vec<u8>)> {
+        // One is larger than the staging buffer starts.
+        let sizes = [5000usize, 3, 9001, DIRECT_BUFFER_BYTES_MIN + 1, 1, 12000];
+        let record = |i: usize| vec![i as u8 + 1; sizes[i % sizes.len()]];
+        for session in 0..2 {
+            let (log, rec) =
+                Log::open_with(dir, FsyncPolicy::Group, 20_000, writes, |_| Ok(())).unwrap();
+            assert!(rec.dropped_tail.is_none(), "{:?}", rec.dropped_tail);
+            // Direct wherever the file system takes direct writes.
+            let path = last_segment(dir);
+            assert_eq!(
+                log.writer.lock().unwrap().direct.is_some(),
+                writes == Writes::Direct && open_direct(&path).is_ok()
+            );
+            for i in session * 6..session * 6 + 6 {
+                log.append("t", id(i as u64), &record(i)).unwrap();
+            }
+            log.sync_to(log.written_bytes()).unwrap();
+        }
+        let (seen, rec) = replay_all(dir);
+        assert!(rec.dropped_tail.is_none(), "{:?}", rec.dropped_tail);
+        let expected: Vec<_> = (0..12)
+            .map(|i| ("t".to_string(), i as u64, record(i)))
+            .collect();
+        assert_eq!(seen, expected);
+        seen
+    }
+
+    #[test]
+    fn direct_writes_replay_whole_across_blocks_segments_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        appended_over_two_sessions(dir.path(), Writes::Direct);
+    }
+
+    #[test]
+    fn writes_through_the_page_cache_replay_the_same_records() {
+        let direct = tempfile::tempdir().unwrap();
+        let buffered = tempfile::tempdir().unwrap();
+        assert_eq!(
+            appended_over_two_sessions(direct.path(), Writes::Direct),
+            appended_over_two_sessions(buffered.path(), Writes::Buffered)
+        );
+    }
+
+    #[test]
+    fn zero_padding_after_the_last_record_is_cut_without_a_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let end = {
+            let (log, _) = empty_log(dir.path(), FsyncPolicy::Group, SEGMENT_BYTES_MAX_DEFAULT);
+            log.append("a", id(1), b"one").unwrap();
+            log.append("a", id(2), b"two").unwrap().end
+        };
+        let path = last_segment(dir.path());
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(end + DIRECT_ALIGN as u64 - 1)
+            .unwrap();
+        let (seen, rec) = replay_all(dir.path());
+        assert_eq!(seen.len(), 2);
+        assert!(rec.dropped_tail.is_none(), "{:?}", rec.dropped_tail);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), end);
+    }
+
+    #[test]
+    fn a_whole_block_of_zeros_after_the_last_record_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let end = {
+            let (log, _) = empty_log(dir.path(), FsyncPolicy::Group, SEGMENT_BYTES_MAX_DEFAULT);
+            log.append("a", id(1), b"one").unwrap().end
+        };
+        OpenOptions::new()
+            .write(true)
+            .open(last_segment(dir.path()))
+            .unwrap()
+            .set_len(end + DIRECT_ALIGN as u64)
+            .unwrap();
+        let (seen, rec) = replay_all(dir.path());
+        assert_eq!(seen.len(), 1);
+        assert!(rec.dropped_tail.unwrap().contains("bad magic"));
+    }
+
+    #[test]
+    fn trimmed_tail_leaves_the_segment_at_its_records_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = empty_log(dir.path(), FsyncPolicy::Group, SEGMENT_BYTES_MAX_DEFAULT);
+        let end = log.append("a", id(1), &[9u8; 5000]).unwrap().end;
+        log.trim_tail().unwrap();
+        assert_eq!(log.segments().unwrap(), vec![(1, end)]);
+        // Appending after a trim goes on from the records' end.
+        let end = log.append("a", id(2), &[8u8; 700]).unwrap().end;
+        log.trim_tail().unwrap();
+        assert_eq!(log.segments().unwrap(), vec![(1, end)]);
+        drop(log);
+        assert_eq!(replay_all(dir.path()).0.len(), 2);
     }
 }
