@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!  stdin ──ChunkReader──> TextChunk: lines cut at line ends (bounded; one copy, the read)
+//!  (a mapped file ──MappedChunks──> TextChunk: slices of the mapping, no copy)
 //!                            │ oversized -> Rejection; JSON lines as bytes (line_bytes),
 //!                            │ CSV's checked as UTF-8 (line)
 //!                            v
@@ -127,6 +128,9 @@ pub struct TextChunk {
     /// The number of the chunk's first line (counting from 1).
     pub first_line: u64,
     text: Vec<u8>,
+    /// The chunk's text, when it is a slice of input already in memory
+    /// ([`MappedChunks`]; `text` is then empty).
+    mapped: Option<bytes::Bytes>,
     /// `text`, once [`TextChunk::check_utf8`] found all of it UTF-8: its
     /// lines then need no check of their own.
     utf8: Option<String>,
@@ -156,7 +160,9 @@ impl TextChunk {
     /// lines is): one pass instead of one call per line. When some line is
     /// not, every line is checked on its own instead.
     pub fn check_utf8(&mut self) {
-        if self.utf8.is_none() {
+        // A slice of a mapping is not copied into a string: its lines are
+        // checked one by one instead.
+        if self.utf8.is_none() && self.mapped.is_none() {
             match String::from_utf8(std::mem::take(&mut self.text)) {
                 Ok(text) => self.utf8 = Some(text),
                 Err(e) => self.text = e.into_bytes(),
@@ -205,9 +211,88 @@ impl TextChunk {
     /// The text from `start` to `end`, less a `\r` that ends it.
     #[inline]
     fn text_of(&self, start: u32, end: u32) -> &[u8] {
-        let text = self.utf8.as_deref().map_or(&self.text[..], str::as_bytes);
+        let text = match (&self.mapped, &self.utf8) {
+            (Some(mapped), _) => &mapped[..],
+            (None, Some(whole)) => whole.as_bytes(),
+            (None, None) => &self.text[..],
+        };
         let bytes = &text[start as usize..end as usize];
         bytes.strip_suffix(b"\r").unwrap_or(bytes)
+    }
+}
+
+/// Where chunks of lines come from, one at a time, in input order.
+pub trait ChunkSource {
+    /// The next chunk of lines; `None` at the end of the input.
+    fn next_chunk(&mut self) -> std::io::Result<Option<TextChunk>>;
+}
+
+impl<R: std::io::Read> ChunkSource for ChunkReader<R> {
+    fn next_chunk(&mut self) -> std::io::Result<Option<TextChunk>> {
+        ChunkReader::next_chunk(self)
+    }
+}
+
+/// Input already in memory (a mapped file), cut into chunks the way
+/// [`ChunkReader`] cuts a stream, but without copying it: each chunk's text
+/// is a slice of the input. A line longer than [`LINE_BYTES_MAX`] ends its
+/// chunk and is reported in its place, unread.
+pub struct MappedChunks {
+    input: bytes::Bytes,
+    /// Where the next chunk starts.
+    at: usize,
+    next_line: u64,
+    max_lines: usize,
+    max_bytes: usize,
+}
+
+impl MappedChunks {
+    pub fn new(input: bytes::Bytes, max_lines: usize, max_bytes: usize) -> Self {
+        MappedChunks {
+            input,
+            at: 0,
+            next_line: 1,
+            max_lines,
+            max_bytes,
+        }
+    }
+}
+
+impl ChunkSource for MappedChunks {
+    fn next_chunk(&mut self) -> std::io::Result<Option<TextChunk>> {
+        let rest = &self.input[self.at..];
+        if rest.is_empty() {
+            return Ok(None);
+        }
+        let mut lines = Vec::new();
+        // Where the next line starts, from the chunk's start.
+        let mut at = 0;
+        while at < rest.len() && lines.len() < self.max_lines && at < self.max_bytes {
+            let end = memchr::memchr(b'\n', &rest[at..]).map_or(rest.len(), |i| at + i);
+            let next = (end + 1).min(rest.len());
+            if end - at > LINE_BYTES_MAX {
+                lines.push(ChunkLine::Oversized {
+                    len_bytes: next - at,
+                });
+                at = next;
+                // Offsets after it could pass what a chunk line holds.
+                break;
+            }
+            lines.push(ChunkLine::Text {
+                start: at as u32,
+                end: end as u32,
+            });
+            at = next;
+        }
+        let chunk = TextChunk {
+            first_line: self.next_line,
+            mapped: Some(self.input.slice(self.at..self.at + at)),
+            lines,
+            ..TextChunk::default()
+        };
+        self.at += at;
+        self.next_line += chunk.lines.len() as u64;
+        Ok(Some(chunk))
     }
 }
 
@@ -358,8 +443,8 @@ impl<R: std::io::Read> ChunkReader<R> {
         let next = TextChunk {
             first_line: self.chunk.first_line + self.chunk.lines.len() as u64,
             text,
-            utf8: None,
             lines: Vec::with_capacity(self.chunk.lines.len()),
+            ..TextChunk::default()
         };
         self.chunk.text.truncate(self.line_start);
         self.line_start = 0;
@@ -3530,8 +3615,18 @@ mod tests {
     /// The same through [`read_chunks`], checking each chunk's bounds, and
     /// that its lines read the same after the whole chunk's UTF-8 check.
     fn lines_by_chunks(input: &[u8], max_lines: usize, max_bytes: usize) -> Vec<String> {
+        lines_of_chunks(ChunkReader::new(input, max_lines, max_bytes), max_lines)
+    }
+
+    /// The same through [`MappedChunks`] over the input in memory.
+    fn lines_by_mapped_chunks(input: &[u8], max_lines: usize, max_bytes: usize) -> Vec<String> {
+        let input = bytes::Bytes::copy_from_slice(input);
+        lines_of_chunks(MappedChunks::new(input, max_lines, max_bytes), max_lines)
+    }
+
+    fn lines_of_chunks(mut source: impl ChunkSource, max_lines: usize) -> Vec<String> {
         let mut out = Vec::new();
-        read_chunks(input, max_lines, max_bytes, |mut chunk| {
+        while let Some(mut chunk) = source.next_chunk().unwrap() {
             assert!(!chunk.is_empty() && chunk.len() <= max_lines);
             assert_eq!(chunk.first_line, out.len() as u64 + 1);
             let each: Vec<String> = (0..chunk.len())
@@ -3542,14 +3637,12 @@ mod tests {
                 assert_eq!(format!("{:?}", chunk.line(i)), line);
                 out.push(line);
             }
-            true
-        })
-        .unwrap();
+        }
         out
     }
 
     #[test]
-    fn chunked_reading_sees_the_lines_a_line_reader_sees() {
+    fn chunked_and_mapped_reading_see_the_lines_a_line_reader_sees() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         let long = |n: usize| "y".repeat(n);
@@ -3572,10 +3665,16 @@ mod tests {
                 }
             }
             let (max_lines, max_bytes) = (rng.random_range(1..6), rng.random_range(1..5000));
+            let lines = lines_by_reader(&input);
             assert_eq!(
                 lines_by_chunks(&input, max_lines, max_bytes),
-                lines_by_reader(&input),
+                lines,
                 "round {round}"
+            );
+            assert_eq!(
+                lines_by_mapped_chunks(&input, max_lines, max_bytes),
+                lines,
+                "round {round}, mapped"
             );
         }
     }

@@ -27,9 +27,9 @@ fn placement_spreads_200k_rows_across_four_leaves() {
     }
 }
 
-#[test]
-fn bad_lines_are_reported_by_number_and_good_lines_land_once() {
-    let cluster = TestCluster::up(4);
+/// 3,000 lines, every 500th bad in a different way; and the ids of the
+/// good ones.
+fn input_with_bad_lines() -> (Vec<u8>, Vec<u64>) {
     let oversized = format!(
         "{{\"id\": 999, \"blob\": \"{}\"}}",
         "x".repeat(2 * 1024 * 1024)
@@ -64,7 +64,17 @@ fn bad_lines_are_reported_by_number_and_good_lines_land_once() {
         }
         input.push(b'\n');
     }
-    let out = cluster.ingest("events", &input, &[]);
+    (input, good_ids)
+}
+
+/// Each bad line of [`input_with_bad_lines`] was reported by its number
+/// and reason, and every good line landed in `table` once.
+fn assert_bad_lines_reported_and_good_lines_landed(
+    cluster: &TestCluster,
+    table: &str,
+    out: &std::process::Output,
+    good_ids: &[u64],
+) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stderr}");
@@ -89,7 +99,7 @@ fn bad_lines_are_reported_by_number_and_good_lines_land_once() {
     );
 
     let answer = cluster.query_json(
-        "SELECT count(*), count(DISTINCT id), sum(id) FROM events",
+        &format!("SELECT count(*), count(DISTINCT id), sum(id) FROM {table}"),
         &[],
     );
     let expected_sum: u64 = good_ids.iter().sum();
@@ -98,12 +108,46 @@ fn bad_lines_are_reported_by_number_and_good_lines_land_once() {
         serde_json::json!([2994, 2994, expected_sum])
     );
     let services = cluster.query_json(
-        "SELECT service, count(*) FROM events WHERE id < 10 GROUP BY service ORDER BY service",
+        &format!(
+            "SELECT service, count(*) FROM {table} WHERE id < 10 GROUP BY service ORDER BY service"
+        ),
         &[],
     );
     assert_eq!(
         services["rows"],
         serde_json::json!([["s0é", 2], ["s1é", 2], ["s2é", 2], ["s3é", 2], ["s4é", 2]])
+    );
+}
+
+#[test]
+fn bad_lines_are_reported_by_number_and_good_lines_land_once() {
+    let cluster = TestCluster::up(4);
+    let (input, good_ids) = input_with_bad_lines();
+    let out = cluster.ingest("events", &input, &[]);
+    assert_bad_lines_reported_and_good_lines_landed(&cluster, "events", &out, &good_ids);
+}
+
+/// `scubactl ingest < FILE` reads the file where it lies (mapped), from
+/// stdin's position on, as a pipe would be read: the same reports, the
+/// same rows, and stdin left at the file's end.
+#[test]
+fn a_file_on_stdin_is_read_from_its_position_like_a_pipe() {
+    use std::io::{Seek, Write};
+    let cluster = TestCluster::up(2);
+    let (input, good_ids) = input_with_bad_lines();
+    let mut file = tempfile::tempfile().unwrap();
+    // What a reader before this one consumed: not this ingest's lines.
+    let before = b"{\"id\": -1}\nnot even json\n";
+    file.write_all(before).unwrap();
+    file.write_all(&input).unwrap();
+    file.seek(std::io::SeekFrom::Start(before.len() as u64))
+        .unwrap();
+    let mut stdin = file.try_clone().unwrap();
+    let out = cluster.run_with_stdin(&["ingest", "--table", "events"], stdin.try_clone().unwrap());
+    assert_bad_lines_reported_and_good_lines_landed(&cluster, "events", &out, &good_ids);
+    assert_eq!(
+        stdin.stream_position().unwrap(),
+        (before.len() + input.len()) as u64
     );
 }
 

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //!  decoder threads (one per core, JSON; one for CSV), taking turns at the input (Baton):
-//!        decoder k mod n reads chunk k (ChunkReader: one batch's worth of lines), then decodes it:
+//!        decoder k mod n reads chunk k (one batch's worth of lines: ChunkReader from a stream,
+//!        MappedChunks from input in memory, such as a mapped file: ingest_bytes), then decodes it:
 //!        BatchBuilder (shared known types) -> IPC; bad line -> Rejection{line, reason}
 //!        │ taken back k mod n, so in input order
 //!  collector thread ──bounded channel (INGEST_INFLIGHT_MAX)──> async sender:
@@ -26,8 +27,8 @@ use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scuba::decode::{
-    is_blank, BatchBuilder, ChunkOrder, ChunkReader, InputFormat, Line, LineBytes, Rejection,
-    TextChunk,
+    is_blank, BatchBuilder, ChunkOrder, ChunkReader, ChunkSource, InputFormat, Line, LineBytes,
+    MappedChunks, Rejection, TextChunk,
 };
 use scuba::ipc::IpcStream;
 use scuba::limits::{
@@ -154,13 +155,13 @@ struct Decoded {
 /// thread hands chunks across cores (`ingest --dry-run` of the 2M sample
 /// events, seven alternating runs: CPU medians 584 -> 556 ms, page faults
 /// about 12 K -> 8 K, against a reader thread of its own).
-struct Baton<R> {
-    state: Mutex<BatonState<R>>,
+struct Baton<S> {
+    state: Mutex<BatonState<S>>,
     passed: std::sync::Condvar,
 }
 
-struct BatonState<R> {
-    reader: ChunkReader<R>,
+struct BatonState<S> {
+    reader: S,
     /// The chunk to read next.
     turn: u64,
     /// No more chunks: the input ended or failed, or a decoder stopped.
@@ -169,8 +170,8 @@ struct BatonState<R> {
     failed: Option<String>,
 }
 
-impl<R: Read> Baton<R> {
-    fn new(reader: ChunkReader<R>) -> Self {
+impl<S: ChunkSource> Baton<S> {
+    fn new(reader: S) -> Self {
         Baton {
             state: Mutex::new(BatonState {
                 reader,
@@ -217,11 +218,11 @@ impl<R: Read> Baton<R> {
 
 /// Decodes chunks `first`, `first + step`, ... of the input until it ends
 /// (or nobody takes its results).
-fn decode_chunks<R: Read>(
+fn decode_chunks<S: ChunkSource>(
     mut builder: BatchBuilder,
     format: InputFormat,
     order: Arc<ChunkOrder>,
-    baton: &Baton<R>,
+    baton: &Baton<S>,
     first: u64,
     step: u64,
     results: std::sync::mpsc::SyncSender<Decoded>,
@@ -229,12 +230,12 @@ fn decode_chunks<R: Read>(
     /// Stopping early (results refused, or a panic) abandons the order and
     /// ends the turns, so no other decoder waits for a chunk this one will
     /// never read or finish.
-    struct Abandon<'a, R: Read> {
+    struct Abandon<'a, S: ChunkSource> {
         order: &'a ChunkOrder,
-        baton: &'a Baton<R>,
+        baton: &'a Baton<S>,
         done: bool,
     }
-    impl<R: Read> Drop for Abandon<'_, R> {
+    impl<S: ChunkSource> Drop for Abandon<'_, S> {
         fn drop(&mut self) {
             if !self.done {
                 self.order.abandon();
@@ -310,8 +311,8 @@ fn decode_chunks<R: Read>(
 /// results are taken back the same way round. The decoders share the
 /// table's known types in input order ([`ChunkOrder`]), so a type conflict
 /// rejects exactly the lines a single reader would.
-fn read_input<R: Read + Send>(
-    input: R,
+fn read_input<S: ChunkSource + Send>(
+    input: S,
     options: &IngestOptions,
     known: Option<SchemaRef>,
     tx: mpsc::Sender<Msg>,
@@ -334,7 +335,7 @@ fn read_input<R: Read + Send>(
     let order = Arc::new(ChunkOrder::default());
     let mut first = Some(first);
     let mut failed = None;
-    let baton = Baton::new(ChunkReader::new(input, BATCH_ROWS_MAX, BATCH_BYTES_MAX / 2));
+    let baton = Baton::new(input);
     std::thread::scope(|s| {
         let mut from_decoders = Vec::with_capacity(decoders);
         let mut handles = Vec::with_capacity(decoders);
@@ -403,6 +404,30 @@ fn read_input<R: Read + Send>(
 pub async fn ingest<R: Read + Send + 'static>(
     transport: Arc<dyn LeafTransport>,
     input: R,
+    options: IngestOptions,
+    on_rejection: impl FnMut(&Rejection),
+    on_progress: impl FnMut(u64),
+) -> Result<IngestReport> {
+    let chunks = ChunkReader::new(input, BATCH_ROWS_MAX, BATCH_BYTES_MAX / 2);
+    ingest_chunks(transport, chunks, options, on_rejection, on_progress).await
+}
+
+/// [`ingest`] for input already in memory, such as a mapped file: its lines
+/// are decoded where they are, not read into buffers first.
+pub async fn ingest_bytes(
+    transport: Arc<dyn LeafTransport>,
+    input: bytes::Bytes,
+    options: IngestOptions,
+    on_rejection: impl FnMut(&Rejection),
+    on_progress: impl FnMut(u64),
+) -> Result<IngestReport> {
+    let chunks = MappedChunks::new(input, BATCH_ROWS_MAX, BATCH_BYTES_MAX / 2);
+    ingest_chunks(transport, chunks, options, on_rejection, on_progress).await
+}
+
+async fn ingest_chunks<S: ChunkSource + Send + 'static>(
+    transport: Arc<dyn LeafTransport>,
+    input: S,
     options: IngestOptions,
     mut on_rejection: impl FnMut(&Rejection),
     mut on_progress: impl FnMut(u64),

@@ -18,7 +18,7 @@ use scuba::decode::InputFormat;
 use scuba::wire::{ErrorKind, QueryRequest, PROTOCOL_VERSION};
 use scuba_aggregator::config::ClusterConfig;
 use scuba_aggregator::engine::{Aggregator, QueryDefaults};
-use scuba_aggregator::ingest::{ingest, IngestOptions};
+use scuba_aggregator::ingest::{ingest, ingest_bytes, IngestOptions};
 use scuba_aggregator::transport::LeafTransport;
 use scuba_leaf::log::FsyncPolicy;
 use scuba_leaf::net::{client_endpoint, TlsFiles};
@@ -286,6 +286,47 @@ fn keep_freed_memory() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
+
+/// Stdin mapped into memory, when it is a regular file (`scubactl ingest <
+/// FILE`): the decoders read the file where it lies in the page cache
+/// instead of copying it out first (pipes and terminals are read).
+struct MappedStdin {
+    /// The file from stdin's position to its end (as it was when mapped).
+    bytes: bytes::Bytes,
+    file: std::fs::File,
+    end: u64,
+}
+
+impl MappedStdin {
+    fn map() -> Option<MappedStdin> {
+        use std::io::Seek;
+        use std::os::fd::AsFd;
+        let file = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned().ok()?);
+        let meta = file.metadata().ok()?;
+        let start = (&file).stream_position().ok()?;
+        if !meta.is_file() || start >= meta.len() {
+            return None;
+        }
+        // SAFETY: the mapping is only read, and only while this process
+        // ingests. Were another process to cut the file short meanwhile, a
+        // read past its new end would stop this one with SIGBUS (the batches
+        // acknowledged before stay landed); the README says so, and input
+        // that may shrink can come through a pipe (`cat FILE |`) instead.
+        let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+        // Read once, front to back: pages behind the reader may go early.
+        let _ = map.advise(memmap2::Advice::Sequential);
+        let end = map.len() as u64;
+        let bytes = bytes::Bytes::from_owner(map).slice(usize::try_from(start).ok()?..);
+        Some(MappedStdin { bytes, file, end })
+    }
+
+    /// Leaves stdin's position at the end of what was read, as reading it
+    /// would have.
+    fn consumed(self) {
+        use std::io::Seek;
+        let _ = (&self.file).seek(std::io::SeekFrom::Start(self.end));
+    }
+}
 
 fn main() -> ExitCode {
     keep_freed_memory();
@@ -864,25 +905,42 @@ async fn ingest_cmd(
         None
     };
     let started = std::time::Instant::now();
-    // Unbuffered: the reader asks for large reads of its own.
-    let stdin = std::io::stdin();
     let bar = progress.clone();
-    let report = ingest(
-        transport,
-        stdin,
-        options,
-        |r| match &progress {
-            Some(p) => p.println(format!("rejected {r}")),
-            None => eprintln!("rejected {r}"),
-        },
-        move |rows| {
-            if let Some(b) = &bar {
-                let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                b.set_message(format!("{rows} rows ingested, {rate:.0} rows/s"));
-            }
-        },
-    )
-    .await?;
+    let on_rejection = |r: &scuba::decode::Rejection| match &progress {
+        Some(p) => p.println(format!("rejected {r}")),
+        None => eprintln!("rejected {r}"),
+    };
+    let on_progress = move |rows| {
+        if let Some(b) = &bar {
+            let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            b.set_message(format!("{rows} rows ingested, {rate:.0} rows/s"));
+        }
+    };
+    let report = match MappedStdin::map() {
+        Some(mapped) => {
+            let report = ingest_bytes(
+                transport,
+                mapped.bytes.clone(),
+                options,
+                on_rejection,
+                on_progress,
+            )
+            .await?;
+            mapped.consumed();
+            report
+        }
+        // Unbuffered: the reader asks for large reads of its own.
+        None => {
+            ingest(
+                transport,
+                std::io::stdin(),
+                options,
+                on_rejection,
+                on_progress,
+            )
+            .await?
+        }
+    };
     if let Some(p) = progress {
         p.finish_and_clear();
     }

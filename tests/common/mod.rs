@@ -68,6 +68,17 @@ impl TestCluster {
         child.wait_with_output().expect("wait scubactl")
     }
 
+    /// Runs `scubactl` with `stdin` (such as a file) as its standard input.
+    pub fn run_with_stdin(&self, args: &[&str], stdin: impl Into<Stdio>) -> Output {
+        Command::new(scubactl())
+            .args(args)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(stdin)
+            .output()
+            .expect("run scubactl")
+    }
+
     pub fn ingest(&self, table: &str, input: &[u8], extra: &[&str]) -> Output {
         let mut args = vec!["ingest", "--table", table];
         args.extend_from_slice(extra);
