@@ -8,23 +8,14 @@ client and its servers used (centiseconds).
 
 Usage: python3 benches/after-free.py SCUBACTL FILE [ROUNDS] [FREE_MIB] [SLEEP]
 """
-import ctypes, mmap, resource, shutil, subprocess, sys, tempfile, time
+import resource, shutil, subprocess, sys, tempfile, time
 
-from procstat import servers_cs
+from procstat import servers_cs, write_and_free
 
 B, DATA = sys.argv[1], sys.argv[2]
 ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 FREE_MIB = int(sys.argv[4]) if len(sys.argv) > 4 else 8000
 SLEEP = float(sys.argv[5]) if len(sys.argv) > 5 else 6.0
-
-
-def write_and_free(mib):
-    n = mib << 20
-    m = mmap.mmap(-1, n)
-    buf = (ctypes.c_char * n).from_buffer(m)
-    ctypes.memset(buf, 1, n)
-    del buf
-    m.close()
 
 
 def load(free_first):

@@ -7,9 +7,12 @@
 # time the whole machine was busy meanwhile (centiseconds, /proc/stat: it
 # also counts the kernel's own threads, such as writeback). Quicker than
 # benches/ab.sh when a change touches ingest alone. Compare the medians;
-# leave out a round that ran right after a build.
+# leave out a round that ran right after a build. With FREE_MIB set, each
+# load follows FREE_MIB MiB of memory written and freed FREE_SLEEP seconds
+# (4 by default) before it: memory this VM has handed back to its host, as
+# in benches/after-free.py.
 #
-# Usage: benches/ingest-ab.sh OLD_SCUBACTL NEW_SCUBACTL [ROUNDS]
+# Usage: [FREE_MIB=4000] benches/ingest-ab.sh OLD_SCUBACTL NEW_SCUBACTL [ROUNDS]
 set -euo pipefail
 OLD=$1 NEW=$2 ROUNDS=${3:-4} ROWS="${ROWS:-2000000}"
 data="$(mktemp --suffix=.jsonl)"
@@ -28,6 +31,11 @@ for round in $(seq "$ROUNDS"); do
         dir="$(mktemp -d)"
         "$bin" cluster up --leaves 4 --dir "$dir" >/dev/null 2>&1
         cat "$data" > /dev/null # in the page cache, as for every load
+        if [ -n "${FREE_MIB:-}" ]; then
+            PYTHONPATH="$(dirname "$0")" python3 -c \
+                "from procstat import write_and_free; write_and_free($FREE_MIB)"
+            sleep "${FREE_SLEEP:-4}"
+        fi
         before=$(servers_cs "$dir") busy_before=$(busy_cs)
         client=$({ time "$bin" ingest --table events --dir "$dir" < "$data" > "$dir/ingest.out" 2>&1; } 2>&1)
         out=$(tail -1 "$dir/ingest.out")

@@ -226,32 +226,33 @@ fn queries_during_a_handoff_never_fail_and_name_the_leaf_restarting() {
     });
 }
 
-/// Regression: adopting a segment once deleted the disk log's older
-/// segments (their live counts were set after the log's clean-up ran), so a
-/// crash after a hand-off lost rows on recovery.
-#[test]
-fn a_crash_after_a_handoff_recovers_every_row_from_the_log() {
+/// A cluster of one leaf, brought up with `extra` arguments to `cluster up`.
+fn one_leaf_cluster(extra: &[&str]) -> TestCluster {
     let dir = tempfile::Builder::new()
         .prefix("scuba-test-")
         .tempdir()
         .unwrap();
     let cluster = TestCluster { dir, leaves: 1 };
-    let up = cluster.run(
-        &[
-            "cluster",
-            "up",
-            "--leaves",
-            "1",
-            "--log-segment-bytes",
-            "200000",
-        ],
-        None,
-    );
-    assert!(
-        up.status.success(),
-        "{}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    let mut args = vec!["cluster", "up", "--leaves", "1"];
+    args.extend_from_slice(extra);
+    run_ok(&cluster, &args);
+    cluster
+}
+
+/// Kills leaf-0 outright and brings it back, from its disk log.
+fn crash_and_recover_the_leaf(cluster: &TestCluster) {
+    // SAFETY: kill(2) on a process this test started.
+    unsafe { libc::kill(cluster.pid("leaf-0"), libc::SIGKILL) };
+    run_ok(cluster, &["cluster", "up"]);
+    assert!(leaf_log(cluster, "leaf-0").contains("recovered from the disk log"));
+}
+
+/// Regression: adopting a segment once deleted the disk log's older
+/// segments (their live counts were set after the log's clean-up ran), so a
+/// crash after a hand-off lost rows on recovery.
+#[test]
+fn a_crash_after_a_handoff_recovers_every_row_from_the_log() {
+    let cluster = one_leaf_cluster(&["--log-segment-bytes", "200000"]);
     assert!(cluster
         .ingest("events", &gen_events(100_000, 14), &[])
         .status
@@ -264,10 +265,7 @@ fn a_crash_after_a_handoff_recovers_every_row_from_the_log() {
             before
         );
     }
-    // SAFETY: kill(2) on a process this test started.
-    unsafe { libc::kill(cluster.pid("leaf-0"), libc::SIGKILL) };
-    run_ok(&cluster, &["cluster", "up"]);
-    assert!(leaf_log(&cluster, "leaf-0").contains("recovered from the disk log"));
+    crash_and_recover_the_leaf(&cluster);
     assert_eq!(
         cluster.query_json("SELECT count(*), sum(bytes) FROM events", &[])["rows"],
         before
@@ -280,12 +278,7 @@ fn a_crash_after_a_handoff_recovers_every_row_from_the_log() {
 /// successor's.
 #[test]
 fn rows_a_successor_appends_to_a_handed_off_segment_survive_a_crash() {
-    let dir = tempfile::Builder::new()
-        .prefix("scuba-test-")
-        .tempdir()
-        .unwrap();
-    let cluster = TestCluster { dir, leaves: 1 };
-    run_ok(&cluster, &["cluster", "up", "--leaves", "1"]);
+    let cluster = one_leaf_cluster(&[]);
     for seed in [21, 22, 23] {
         assert!(cluster
             .ingest("events", &gen_events(300, seed), &[])
@@ -302,10 +295,7 @@ fn rows_a_successor_appends_to_a_handed_off_segment_survive_a_crash() {
     assert_eq!(segments, 1, "all three batches in one segment");
     let before = cluster.query_json("SELECT count(*), sum(bytes) FROM events", &[])["rows"].clone();
     assert_eq!(before[0][0], json!(900));
-    // SAFETY: kill(2) on a process this test started.
-    unsafe { libc::kill(cluster.pid("leaf-0"), libc::SIGKILL) };
-    run_ok(&cluster, &["cluster", "up"]);
-    assert!(leaf_log(&cluster, "leaf-0").contains("recovered from the disk log"));
+    crash_and_recover_the_leaf(&cluster);
     assert_eq!(
         cluster.query_json("SELECT count(*), sum(bytes) FROM events", &[])["rows"],
         before

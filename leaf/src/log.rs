@@ -153,7 +153,14 @@ impl AlignedBuf {
 impl Direct {
     /// Opens `path` (already open as `file`, `len_bytes` of records long)
     /// for direct writes, or `None` where its file system does not take them.
-    fn open(path: &Path, file: &File, len_bytes: u64, writes: Writes) -> Result<Option<Direct>> {
+    /// `buf` is the previous segment's staging buffer, kept at its size.
+    fn open(
+        path: &Path,
+        file: &File,
+        len_bytes: u64,
+        writes: Writes,
+        buf: Option<AlignedBuf>,
+    ) -> Result<Option<Direct>> {
         if writes == Writes::Buffered {
             return Ok(None);
         }
@@ -164,7 +171,7 @@ impl Direct {
                 return Ok(None);
             }
         };
-        let mut buf = AlignedBuf::new(DIRECT_BUFFER_BYTES_MIN);
+        let mut buf = buf.unwrap_or_else(|| AlignedBuf::new(DIRECT_BUFFER_BYTES_MIN));
         let tail_len = (len_bytes % DIRECT_ALIGN as u64) as usize;
         file.read_exact_at(&mut buf.as_mut()[..tail_len], len_bytes - tail_len as u64)
             .map_err(|e| log_err(path, e))?;
@@ -394,7 +401,7 @@ impl Log {
             .open(&path)
             .map_err(|e| log_err(&path, e))?;
         let len_bytes = file.seek(SeekFrom::End(0)).map_err(|e| log_err(&path, e))?;
-        let direct = Direct::open(&path, &file, len_bytes, writes)?;
+        let direct = Direct::open(&path, &file, len_bytes, writes, None)?;
         let mut live = live;
         live.entry(id).or_insert(0);
         let log = Log {
@@ -458,7 +465,9 @@ impl Log {
         if w.len_bytes > 0 && w.len_bytes + record_len > self.segment_bytes_max {
             self.rotate(&mut w)?;
         }
-        let path = segment_path(&self.dir, w.id);
+        // Named only when something goes wrong.
+        let id = w.id;
+        let path = || segment_path(&self.dir, id);
         let len_bytes = w.len_bytes;
         let mut written = None;
         if let Some(direct) = &mut w.direct {
@@ -466,9 +475,9 @@ impl Log {
                 // A disk whose blocks are larger than `DIRECT_ALIGN` (the
                 // write changed nothing): the page cache takes over.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    tracing::warn!(segment = %path.display(), "the disk refused a direct write ({e}); the log goes through the page cache from here on");
+                    tracing::warn!(segment = %path().display(), "the disk refused a direct write ({e}); the log goes through the page cache from here on");
                     w.direct = None;
-                    w.file.set_len(len_bytes).map_err(|e| log_err(&path, e))?;
+                    w.file.set_len(len_bytes).map_err(|e| log_err(&path(), e))?;
                 }
                 result => written = Some(result),
             }
@@ -477,7 +486,7 @@ impl Log {
             .unwrap_or_else(|| {
                 write_all_vectored(&w.file, &mut [IoSlice::new(&head), IoSlice::new(ipc)])
             })
-            .map_err(|e| log_err(&path, e))?;
+            .map_err(|e| log_err(&path(), e))?;
         w.len_bytes += record_len;
         *self.live.lock().expect("poisoned").entry(w.id).or_insert(0) += 1;
         let end = self.written_bytes.fetch_add(record_len, Ordering::SeqCst) + record_len;
@@ -505,7 +514,8 @@ impl Log {
                 .and_then(|d| d.sync_all())
                 .map_err(|e| log_err(&self.dir, e))?;
         }
-        let direct = Direct::open(&path, &file, 0, self.writes)?;
+        let buf = w.direct.take().map(|d| d.buf);
+        let direct = Direct::open(&path, &file, 0, self.writes, buf)?;
         *w = Writer {
             id,
             file: Arc::new(file),
@@ -796,6 +806,27 @@ mod tests {
         segment_path(dir, *list_segments(dir).unwrap().last().unwrap())
     }
 
+    /// Appends `records` to a new log in `dir` and closes it; returns where
+    /// the last one ends.
+    fn closed_log(dir: &Path, policy: FsyncPolicy, records: &[&[u8]]) -> u64 {
+        let (log, _) = empty_log(dir, policy, SEGMENT_BYTES_MAX_DEFAULT);
+        let mut end = 0;
+        for (i, r) in records.iter().enumerate() {
+            end = log.append("a", id(i as u64 + 1), r).unwrap().end;
+        }
+        end
+    }
+
+    /// Cuts or extends (with zeros) the last segment in `dir` to `len` bytes.
+    fn set_last_segment_len(dir: &Path, len: u64) {
+        OpenOptions::new()
+            .write(true)
+            .open(last_segment(dir))
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+    }
+
     #[test]
     fn appended_records_replay_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -819,17 +850,8 @@ mod tests {
     #[test]
     fn truncated_last_record_is_dropped_and_the_rest_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let end = {
-            let (log, _) = empty_log(dir.path(), FsyncPolicy::Never, SEGMENT_BYTES_MAX_DEFAULT);
-            log.append("a", id(1), b"one").unwrap();
-            log.append("a", id(2), b"two-two-two").unwrap().end
-        };
-        OpenOptions::new()
-            .write(true)
-            .open(last_segment(dir.path()))
-            .unwrap()
-            .set_len(end - 3)
-            .unwrap();
+        let end = closed_log(dir.path(), FsyncPolicy::Never, &[b"one", b"two-two-two"]);
+        set_last_segment_len(dir.path(), end - 3);
         let (seen, rec) = replay_all(dir.path());
         assert_eq!(seen.len(), 1);
         assert!(rec.dropped_tail.unwrap().contains("cut off"));
@@ -842,11 +864,7 @@ mod tests {
     #[test]
     fn flipped_byte_in_last_record_is_caught_by_checksum() {
         let dir = tempfile::tempdir().unwrap();
-        let end = {
-            let (log, _) = empty_log(dir.path(), FsyncPolicy::Never, SEGMENT_BYTES_MAX_DEFAULT);
-            log.append("a", id(1), b"one").unwrap();
-            log.append("a", id(2), b"two").unwrap().end
-        };
+        let end = closed_log(dir.path(), FsyncPolicy::Never, &[b"one", b"two"]);
         let path = last_segment(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[end as usize - 1] ^= 0x55;
@@ -938,18 +956,9 @@ mod tests {
     #[test]
     fn zero_padding_after_the_last_record_is_cut_without_a_report() {
         let dir = tempfile::tempdir().unwrap();
-        let end = {
-            let (log, _) = empty_log(dir.path(), FsyncPolicy::Group, SEGMENT_BYTES_MAX_DEFAULT);
-            log.append("a", id(1), b"one").unwrap();
-            log.append("a", id(2), b"two").unwrap().end
-        };
+        let end = closed_log(dir.path(), FsyncPolicy::Group, &[b"one", b"two"]);
+        set_last_segment_len(dir.path(), end + DIRECT_ALIGN as u64 - 1);
         let path = last_segment(dir.path());
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(end + DIRECT_ALIGN as u64 - 1)
-            .unwrap();
         let (seen, rec) = replay_all(dir.path());
         assert_eq!(seen.len(), 2);
         assert!(rec.dropped_tail.is_none(), "{:?}", rec.dropped_tail);
@@ -959,16 +968,8 @@ mod tests {
     #[test]
     fn a_whole_block_of_zeros_after_the_last_record_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let end = {
-            let (log, _) = empty_log(dir.path(), FsyncPolicy::Group, SEGMENT_BYTES_MAX_DEFAULT);
-            log.append("a", id(1), b"one").unwrap().end
-        };
-        OpenOptions::new()
-            .write(true)
-            .open(last_segment(dir.path()))
-            .unwrap()
-            .set_len(end + DIRECT_ALIGN as u64)
-            .unwrap();
+        let end = closed_log(dir.path(), FsyncPolicy::Group, &[b"one"]);
+        set_last_segment_len(dir.path(), end + DIRECT_ALIGN as u64);
         let (seen, rec) = replay_all(dir.path());
         assert_eq!(seen.len(), 1);
         assert!(rec.dropped_tail.unwrap().contains("bad magic"));
