@@ -1,16 +1,18 @@
 //! Turning input lines (JSON objects or CSV records) into Arrow batches.
 //!
 //! ```text
-//!  stdin ──ChunkReader──> TextChunk: lines cut at line ends (bounded; one copy, the read)
-//!  (a mapped file ──MappedChunks──> TextChunk: slices of the mapping, no copy)
-//!                            │ oversized -> Rejection; JSON lines as bytes (line_bytes),
-//!                            │ CSV's checked as UTF-8 (line)
+//!  stdin ──ChunkReader──> TextChunk: cut into lines as read (bounded; one copy, the read)
+//!  (a mapped file ──MappedChunks──> TextChunk: a slice of the mapping, uncut, no copy)
+//!                            │ BatchBuilder::decode_chunk, walking TextChunk::lines:
+//!                            │ oversized -> Rejection; JSON lines as bytes, and an uncut
+//!                            │ chunk's read in place, their ends found as they are read;
+//!                            │ CSV's checked as UTF-8
 //!                            v
 //!          BatchBuilder::push_*: JSON line in the usual keys ─────────────┐ straight in
 //!                            other lines -> LineEntries (spans, reused) ─┴> columns
 //!                            │ bad line: Rejection{line, reason}
 //!                            v
-//!          finish() ──> RecordBatch + line numbers
+//!          finish() ──> RecordBatch + line numbers (counted within the chunk)
 //! ```
 //!
 //! JSON lines of the common shapes are read by a small hand-written reader
@@ -119,14 +121,19 @@ pub fn is_blank(line: &[u8]) -> bool {
     }
 }
 
-/// Input cut at line ends, for decoding on several threads: the reader only
-/// finds where lines end; whoever decodes the chunk checks the lines' UTF-8
-/// ([`TextChunk::line`], or the reader of [`TextChunk::line_bytes`]). One
-/// copy of the input (the read itself).
+/// A run of whole lines of the input, for decoding on several threads: the
+/// reader only finds where the chunk ends; whoever decodes it reads its
+/// lines ([`TextChunk::lines`]) and checks their UTF-8. Lines are numbered
+/// within their chunk, from 1: the chunk's place in the input, and so the
+/// number of lines before it, is known only to whoever takes the decoded
+/// chunks back in order.
+///
+/// A chunk is either cut into lines by its reader ([`ChunkReader`], which
+/// finds each line end as it reads) or not cut at all ([`MappedChunks`]):
+/// then a JSON reader finds each line's end as it reads the line, in one
+/// pass over the text, and anything else cuts it line by line as it goes.
 #[derive(Debug, Default)]
 pub struct TextChunk {
-    /// The number of the chunk's first line (counting from 1).
-    pub first_line: u64,
     text: Vec<u8>,
     /// The chunk's text, when it is a slice of input already in memory
     /// ([`MappedChunks`]; `text` is then empty).
@@ -134,7 +141,10 @@ pub struct TextChunk {
     /// `text`, once [`TextChunk::check_utf8`] found all of it UTF-8: its
     /// lines then need no check of their own.
     utf8: Option<String>,
+    /// Where each line is, when the reader cut the chunk into lines.
     lines: Vec<ChunkLine>,
+    /// Not cut into lines (`lines` is empty): its lines are the whole text.
+    uncut: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -146,13 +156,12 @@ enum ChunkLine {
 }
 
 impl TextChunk {
-    /// Lines in the chunk.
-    pub fn len(&self) -> usize {
-        self.lines.len()
-    }
-
+    /// Whether the chunk has no lines.
     pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
+        match self.uncut {
+            true => self.whole_text().is_empty(),
+            false => self.lines.is_empty(),
+        }
     }
 
     /// Checks the whole chunk's UTF-8 at once (a line feed is never part
@@ -170,54 +179,151 @@ impl TextChunk {
         }
     }
 
-    /// Line `i` of the chunk (numbered in the whole input), without its
-    /// line ending, as bytes: whoever reads it checks its UTF-8 (as
-    /// [`BatchBuilder::push_json_bytes`] does, where it must).
-    pub fn line_bytes(&self, i: usize) -> LineBytes<'_> {
-        let number = self.first_line + i as u64;
-        match self.lines[i] {
-            ChunkLine::Oversized { len_bytes } => LineBytes::Oversized { number, len_bytes },
-            ChunkLine::Text { start, end } => LineBytes::Text {
-                number,
-                bytes: self.text_of(start, end),
-            },
+    /// The chunk's lines, in order, numbered from 1.
+    pub fn lines(&self) -> ChunkLines<'_> {
+        ChunkLines {
+            chunk: self,
+            next: 0,
+            number: 1,
         }
     }
 
-    /// Line `i` of the chunk (numbered in the whole input), without its
-    /// line ending.
-    pub fn line(&self, i: usize) -> Line<'_> {
-        let number = self.first_line + i as u64;
-        match self.lines[i] {
-            ChunkLine::Oversized { len_bytes } => Line::Oversized { number, len_bytes },
-            ChunkLine::Text { start, end } => {
-                let bytes = self.text_of(start, end);
-                match &self.utf8 {
-                    // Cut before a line end or a `\r` (ASCII), so at a
-                    // character's end.
-                    Some(whole) => Line::Text {
-                        number,
-                        text: &whole[start as usize..start as usize + bytes.len()],
-                    },
-                    None => match std::str::from_utf8(bytes) {
-                        Ok(text) => Line::Text { number, text },
-                        Err(_) => Line::NotUtf8 { number },
-                    },
-                }
-            }
-        }
-    }
-
-    /// The text from `start` to `end`, less a `\r` that ends it.
-    #[inline]
-    fn text_of(&self, start: u32, end: u32) -> &[u8] {
-        let text = match (&self.mapped, &self.utf8) {
+    fn whole_text(&self) -> &[u8] {
+        match (&self.mapped, &self.utf8) {
             (Some(mapped), _) => &mapped[..],
             (None, Some(whole)) => whole.as_bytes(),
             (None, None) => &self.text[..],
+        }
+    }
+}
+
+/// A walk over a [`TextChunk`]'s lines ([`TextChunk::lines`]), cutting an
+/// uncut chunk at each line end as it goes. A reader that can find a line's
+/// end itself takes the line from [`ChunkLines::uncut_rest`] and passes
+/// over it with [`ChunkLines::pass_line`]; every other line comes from
+/// [`ChunkLines::next_bytes`] or [`ChunkLines::next_text`].
+pub struct ChunkLines<'a> {
+    chunk: &'a TextChunk,
+    /// The next line: its index in `chunk.lines`, or where it starts in
+    /// the text of an uncut chunk.
+    next: usize,
+    /// The next line's number in the chunk.
+    number: u64,
+}
+
+/// Where one line is, found by [`ChunkLines::next_line`].
+enum NextLine {
+    /// `text[start..end]`, without its line ending.
+    Text {
+        start: usize,
+        end: usize,
+    },
+    Oversized {
+        len_bytes: usize,
+    },
+}
+
+impl<'a> ChunkLines<'a> {
+    /// Lines passed so far.
+    pub fn passed(&self) -> u64 {
+        self.number - 1
+    }
+
+    /// For an uncut chunk: the text from the next line's start on, at most
+    /// [`LINE_BYTES_MAX`] bytes of it, and whether that runs to the chunk's
+    /// end. A line that ends in it (at a line feed, or at its end when that
+    /// is the chunk's end) is a whole line of at most [`LINE_BYTES_MAX`]
+    /// bytes. `None` for a chunk its reader cut, and past the last line.
+    pub fn uncut_rest(&self) -> Option<(&'a [u8], bool)> {
+        if !self.chunk.uncut {
+            return None;
+        }
+        let rest = &self.chunk.whole_text()[self.next..];
+        if rest.is_empty() {
+            return None;
+        }
+        let to_end = rest.len() <= LINE_BYTES_MAX;
+        Some((&rest[..rest.len().min(LINE_BYTES_MAX)], to_end))
+    }
+
+    /// Passes over the line [`ChunkLines::uncut_rest`] showed, which its
+    /// reader found to end at `end` in it (its line feed, or the chunk's
+    /// end). Answers the line's number.
+    pub fn pass_line(&mut self, end: usize) -> u64 {
+        debug_assert!(self.chunk.uncut);
+        self.next = (self.next + end + 1).min(self.chunk.whole_text().len());
+        self.number += 1;
+        self.number - 1
+    }
+
+    /// The next line, as bytes: whoever reads it checks its UTF-8 (as
+    /// [`BatchBuilder::push_json_bytes`] does, where it must).
+    pub fn next_bytes(&mut self) -> Option<LineBytes<'a>> {
+        let number = self.number;
+        Some(match self.next_line()? {
+            NextLine::Oversized { len_bytes } => LineBytes::Oversized { number, len_bytes },
+            NextLine::Text { start, end } => LineBytes::Text {
+                number,
+                bytes: &self.chunk.whole_text()[start..end],
+            },
+        })
+    }
+
+    /// The next line, as text.
+    pub fn next_text(&mut self) -> Option<Line<'a>> {
+        let number = self.number;
+        Some(match self.next_line()? {
+            NextLine::Oversized { len_bytes } => Line::Oversized { number, len_bytes },
+            NextLine::Text { start, end } => match &self.chunk.utf8 {
+                // Cut before a line end or a `\r` (ASCII), so at a
+                // character's end.
+                Some(whole) => Line::Text {
+                    number,
+                    text: &whole[start..end],
+                },
+                None => match std::str::from_utf8(&self.chunk.whole_text()[start..end]) {
+                    Ok(text) => Line::Text { number, text },
+                    Err(_) => Line::NotUtf8 { number },
+                },
+            },
+        })
+    }
+
+    /// Finds the next line and passes over it.
+    fn next_line(&mut self) -> Option<NextLine> {
+        let (start, end) = if self.chunk.uncut {
+            let text = self.chunk.whole_text();
+            let start = self.next;
+            if start >= text.len() {
+                return None;
+            }
+            let end = memchr::memchr(b'\n', &text[start..]).map_or(text.len(), |i| start + i);
+            self.next = (end + 1).min(text.len());
+            if end - start > LINE_BYTES_MAX {
+                self.number += 1;
+                return Some(NextLine::Oversized {
+                    len_bytes: self.next - start,
+                });
+            }
+            (start, end)
+        } else {
+            let line = *self.chunk.lines.get(self.next)?;
+            self.next += 1;
+            match line {
+                ChunkLine::Oversized { len_bytes } => {
+                    self.number += 1;
+                    return Some(NextLine::Oversized { len_bytes });
+                }
+                ChunkLine::Text { start, end } => (start as usize, end as usize),
+            }
         };
-        let bytes = &text[start as usize..end as usize];
-        bytes.strip_suffix(b"\r").unwrap_or(bytes)
+        self.number += 1;
+        let text = self.chunk.whole_text();
+        let end = match text[start..end].last() {
+            Some(b'\r') => end - 1,
+            _ => end,
+        };
+        Some(NextLine::Text { start, end })
     }
 }
 
@@ -233,15 +339,22 @@ impl<R: std::io::Read> ChunkSource for ChunkReader<R> {
     }
 }
 
-/// Input already in memory (a mapped file), cut into chunks the way
-/// [`ChunkReader`] cuts a stream, but without copying it: each chunk's text
-/// is a slice of the input. A line longer than [`LINE_BYTES_MAX`] ends its
-/// chunk and is reported in its place, unread.
+/// Bytes at the start of each chunk whose lines [`MappedChunks`] counts to
+/// size the chunk.
+const SAMPLE_BYTES: usize = 64 * 1024;
+
+/// Input already in memory (a mapped file), cut into chunks of whole lines
+/// without copying it (each chunk's text is a slice of the input) and
+/// without finding each line's end: the decoder does that as it reads the
+/// line ([`ChunkLines::uncut_rest`]). A chunk aims at `max_lines` lines,
+/// sized by the lines in its first [`SAMPLE_BYTES`]: a little under it
+/// (15/16), so that a batch of such lines mostly fits one chunk; its
+/// decoder cuts a chunk that holds more into several batches. A chunk ends
+/// at the first line end past `max_bytes`, or past that size.
 pub struct MappedChunks {
     input: bytes::Bytes,
     /// Where the next chunk starts.
     at: usize,
-    next_line: u64,
     max_lines: usize,
     max_bytes: usize,
 }
@@ -251,7 +364,6 @@ impl MappedChunks {
         MappedChunks {
             input,
             at: 0,
-            next_line: 1,
             max_lines,
             max_bytes,
         }
@@ -264,34 +376,21 @@ impl ChunkSource for MappedChunks {
         if rest.is_empty() {
             return Ok(None);
         }
-        let mut lines = Vec::new();
-        // Where the next line starts, from the chunk's start.
-        let mut at = 0;
-        while at < rest.len() && lines.len() < self.max_lines && at < self.max_bytes {
-            let end = memchr::memchr(b'\n', &rest[at..]).map_or(rest.len(), |i| at + i);
-            let next = (end + 1).min(rest.len());
-            if end - at > LINE_BYTES_MAX {
-                lines.push(ChunkLine::Oversized {
-                    len_bytes: next - at,
-                });
-                at = next;
-                // Offsets after it could pass what a chunk line holds.
-                break;
-            }
-            lines.push(ChunkLine::Text {
-                start: at as u32,
-                end: end as u32,
-            });
-            at = next;
-        }
+        let sample = &rest[..rest.len().min(SAMPLE_BYTES)];
+        let sampled_lines = memchr::memchr_iter(b'\n', sample).count();
+        let aim = match sampled_lines {
+            0 => self.max_bytes,
+            n => (sample.len() / n).saturating_mul(self.max_lines - self.max_lines / 16),
+        };
+        let cut = aim.clamp(1, self.max_bytes).min(rest.len());
+        // Past the line end at or after `cut - 1`, so a chunk is never empty.
+        let len = memchr::memchr(b'\n', &rest[cut - 1..]).map_or(rest.len(), |i| cut + i);
         let chunk = TextChunk {
-            first_line: self.next_line,
-            mapped: Some(self.input.slice(self.at..self.at + at)),
-            lines,
+            mapped: Some(self.input.slice(self.at..self.at + len)),
+            uncut: true,
             ..TextChunk::default()
         };
-        self.at += at;
-        self.next_line += chunk.lines.len() as u64;
+        self.at += len;
         Ok(Some(chunk))
     }
 }
@@ -332,10 +431,7 @@ impl<R: std::io::Read> ChunkReader<R> {
             input,
             max_lines,
             max_bytes,
-            chunk: TextChunk {
-                first_line: 1,
-                ..TextChunk::default()
-            },
+            chunk: TextChunk::default(),
             line_start: 0,
             scanned: 0,
             skipping: None,
@@ -441,7 +537,6 @@ impl<R: std::io::Read> ChunkReader<R> {
         let mut text = Vec::with_capacity(self.line_start.min(self.max_bytes) + 2 * READ_BYTES);
         text.extend_from_slice(&self.chunk.text[self.line_start..]);
         let next = TextChunk {
-            first_line: self.chunk.first_line + self.chunk.lines.len() as u64,
             text,
             lines: Vec::with_capacity(self.chunk.lines.len()),
             ..TextChunk::default()
@@ -1269,6 +1364,25 @@ pub struct DecodedBatch {
     pub lines: Vec<u64>,
 }
 
+/// What one [`TextChunk`] decoded into ([`BatchBuilder::decode_chunk`]).
+/// Line numbers count from the chunk's first line (1).
+#[derive(Debug, Default)]
+pub struct DecodedChunk {
+    /// In input order; an error ends them (nothing after it was built).
+    pub batches: Vec<Result<DecodedBatch>>,
+    pub rejections: Vec<Rejection>,
+    /// Lines in the chunk, blank and rejected ones too.
+    pub lines: u64,
+}
+
+/// The rejection of a line longer than [`LINE_BYTES_MAX`].
+fn oversized(line: u64, len_bytes: usize) -> Rejection {
+    Rejection {
+        line,
+        reason: format!("line of {len_bytes} bytes exceeds the limit of {LINE_BYTES_MAX} bytes"),
+    }
+}
+
 /// Accumulates checked lines into typed columns and cuts them into batches.
 ///
 /// The builder knows the table's column types (seeded from the cluster with
@@ -1383,28 +1497,47 @@ impl BatchBuilder {
     /// Adds one JSON line that may not be UTF-8 (then it is refused); on
     /// error the batch is unchanged.
     pub fn push_json_bytes(&mut self, line: u64, text: &[u8]) -> Result<(), Rejection> {
-        // A line in the usual keys goes straight into its columns. Any
-        // other is read into spans and values (no `Value` tree, and no
-        // allocation per line) by the fast reader, which takes the common
-        // shapes; both check UTF-8 only where a string has a byte past
-        // ASCII. Anything else (escapes, syntax errors, nesting, a bad time)
-        // is checked as UTF-8 whole and goes through serde_json, which also
-        // words the errors.
-        if self.shape_keys.worth_trying() {
-            let rows = self.rows();
-            match json::fast::store_line_shaped(text, &self.shape_keys, &mut self.columns, rows) {
-                Ok(has_time) => {
-                    self.shape_keys.hit();
-                    // Counted as every line is, so a stale `seen_in` never
-                    // equals the next line's stamp.
-                    self.stamp += 1;
-                    self.end_line(line, text.len(), rows, has_time);
-                    return Ok(());
-                }
-                Err(json::fast::Unstored::Keys) => self.shape_keys.missed(),
-                Err(json::fast::Unstored::Value) => {}
-            }
+        match self.push_json_in_shape(line, text, true) {
+            Some(_) => Ok(()),
+            None => self.push_json_read(line, text),
         }
+    }
+
+    /// Adds the JSON line that starts `text`, when it is in the usual keys
+    /// ([`ShapeKeys`]) and ends in `text` (at a line feed, or at its end
+    /// when `to_end`); where it ends, if it was added. Any other line is
+    /// left for [`BatchBuilder::push_json_read`], with nothing added.
+    fn push_json_in_shape(&mut self, line: u64, text: &[u8], to_end: bool) -> Option<usize> {
+        // A line in the usual keys goes straight into its columns.
+        if !self.shape_keys.worth_trying() {
+            return None;
+        }
+        let rows = self.rows();
+        match json::fast::store_line_shaped(text, to_end, &self.shape_keys, &mut self.columns, rows)
+        {
+            Ok((has_time, end)) => {
+                self.shape_keys.hit();
+                // Counted as every line is, so a stale `seen_in` never
+                // equals the next line's stamp.
+                self.stamp += 1;
+                self.end_line(line, end, rows, has_time);
+                Some(end)
+            }
+            Err(json::fast::Unstored::Keys) => {
+                self.shape_keys.missed();
+                None
+            }
+            Err(json::fast::Unstored::Value) => None,
+        }
+    }
+
+    /// Adds a JSON line the long way. It is read into spans and values (no
+    /// `Value` tree, and no allocation per line) by the fast reader, which
+    /// takes the common shapes; both it and the shaped reader check UTF-8
+    /// only where a string has a byte past ASCII. Anything else (escapes,
+    /// syntax errors, nesting, a bad time) is checked as UTF-8 whole and
+    /// goes through serde_json, which also words the errors.
+    fn push_json_read(&mut self, line: u64, text: &[u8]) -> Result<(), Rejection> {
         let mut read = std::mem::take(&mut self.read);
         let result = if json::fast::read_line(text, &self.time_column, &mut read) {
             self.push_entries(line, text.len(), text, &read)
@@ -1424,6 +1557,79 @@ impl BatchBuilder {
         result
     }
 
+    /// Decodes every line of `chunk` as `format` into batches of at most
+    /// [`BATCH_ROWS_MAX`] rows and [`BATCH_BYTES_MAX`] / 2 bytes of lines
+    /// (usually one batch: a chunk is about a batch's worth). Line numbers,
+    /// in the batches and the rejections, count from the chunk's first
+    /// line (1). Stops at a batch that cannot be built.
+    pub fn decode_chunk(&mut self, chunk: &mut TextChunk, format: InputFormat) -> DecodedChunk {
+        // JSON lines are checked as UTF-8 as they are read (only where they
+        // are not ASCII); CSV's, the whole chunk at once.
+        if format == InputFormat::Csv {
+            chunk.check_utf8();
+        }
+        let mut decoded = DecodedChunk::default();
+        let uncut = chunk.uncut;
+        let mut lines = chunk.lines();
+        loop {
+            if self.is_full() {
+                match self.finish() {
+                    Ok(batch) => decoded.batches.extend(batch.map(Ok)),
+                    Err(e) => {
+                        decoded.batches.push(Err(e));
+                        return decoded;
+                    }
+                }
+            }
+            // A JSON line of an uncut chunk, in the usual keys, is read
+            // where it lies, and its end found as it is read: one pass.
+            if format == InputFormat::Jsonl {
+                if let Some((rest, to_end)) = lines.uncut_rest() {
+                    if let Some(end) = self.push_json_in_shape(lines.passed() + 1, rest, to_end) {
+                        lines.pass_line(end);
+                        continue;
+                    }
+                }
+            }
+            let result = match format {
+                InputFormat::Jsonl => match lines.next_bytes() {
+                    None => break,
+                    Some(LineBytes::Text { bytes, .. }) if is_blank(bytes) => Ok(()),
+                    // Not in the usual keys, or not worth trying them:
+                    // the uncut chunk's line was tried above already.
+                    Some(LineBytes::Text { number, bytes }) if uncut => {
+                        self.push_json_read(number, bytes)
+                    }
+                    Some(LineBytes::Text { number, bytes }) => self.push_json_bytes(number, bytes),
+                    Some(LineBytes::Oversized { number, len_bytes }) => {
+                        Err(oversized(number, len_bytes))
+                    }
+                },
+                InputFormat::Csv => match lines.next_text() {
+                    None => break,
+                    Some(Line::Text { text, .. }) if text.trim().is_empty() => Ok(()),
+                    Some(Line::Text { number, text }) => self.push_csv(number, text),
+                    Some(Line::Oversized { number, len_bytes }) => {
+                        Err(oversized(number, len_bytes))
+                    }
+                    Some(Line::NotUtf8 { number }) => Err(Rejection {
+                        line: number,
+                        reason: "not valid UTF-8".to_string(),
+                    }),
+                },
+            };
+            if let Err(r) = result {
+                decoded.rejections.push(r);
+            }
+        }
+        decoded.lines = lines.passed();
+        match self.finish() {
+            Ok(batch) => decoded.batches.extend(batch.map(Ok)),
+            Err(e) => decoded.batches.push(Err(e)),
+        }
+        decoded
+    }
+
     /// Adds one CSV line. The first call takes the header.
     pub fn push_csv(&mut self, line: u64, text: &str) -> Result<(), Rejection> {
         let reject = |reason: String| Rejection { line, reason };
@@ -1431,7 +1637,10 @@ impl BatchBuilder {
             Some(Ok(header)) => header,
             Some(Err(why)) => return Err(reject(format!("no usable CSV header ({why})"))),
             None => {
-                let header = read_csv_header(text).map_err(|why| format!("line {line}: {why}"));
+                // The header's own rejection has its number; later lines
+                // say why (numbers count within a chunk until the chunks
+                // are put back in order, so none is written into a reason).
+                let header = read_csv_header(text);
                 let outcome = header
                     .as_ref()
                     .map(|_| ())
@@ -1997,19 +2206,23 @@ mod json {
             Value,
         }
 
-        /// Stores a line that lists `keys`' keys, in their order and as
-        /// they are written there (any may be left out), straight into their
-        /// columns, after `rows` rows. Each value must be of its column's
-        /// type as it is (an int into a float column is one). Answers
-        /// whether it had a time; when it does not store the line, every
+        /// Stores the line that starts `text` and lists `keys`' keys, in
+        /// their order and as they are written there (any may be left out),
+        /// straight into their columns, after `rows` rows. Each value must
+        /// be of its column's type as it is (an int into a float column is
+        /// one). The line ends at a line feed, or at the end of `text` when
+        /// `to_end` (`text` is then the line, or runs to its chunk's end).
+        /// Answers whether it had a time, and where it ends (its line feed,
+        /// or the end of `text`); when it does not store the line, every
         /// column is as it was.
         pub(in super::super) fn store_line_shaped(
             text: &[u8],
+            to_end: bool,
             keys: &ShapeKeys,
             columns: &mut [Column],
             rows: usize,
-        ) -> Result<bool, Unstored> {
-            let stored = store(text, keys, columns, rows);
+        ) -> Result<(bool, usize), Unstored> {
+            let stored = store(text, to_end, keys, columns, rows);
             if stored.is_err() {
                 for &c in &keys.columns {
                     columns[c].take_back(rows);
@@ -2020,10 +2233,11 @@ mod json {
 
         fn store(
             text: &[u8],
+            to_end: bool,
             keys: &ShapeKeys,
             columns: &mut [Column],
             rows: usize,
-        ) -> Result<bool, Unstored> {
+        ) -> Result<(bool, usize), Unstored> {
             use Unstored::{Keys, Value};
             let mut has_time = false;
             let mut from = 0;
@@ -2032,7 +2246,8 @@ mod json {
                 let i = match at {
                     Member::Key(i) => i,
                     Member::Closed(end) => {
-                        return closed(text, end).then_some(has_time).ok_or(Value)
+                        let end = closed(text, end, to_end).ok_or(Value)?;
+                        return Ok((has_time, end));
                     }
                 };
                 let (k, next) = keys.find(text, i, from).ok_or(Keys)?;
@@ -2126,7 +2341,7 @@ mod json {
             loop {
                 let i = match at {
                     Member::Key(i) => i,
-                    Member::Closed(end) => return closed(text, end).then_some(()),
+                    Member::Closed(end) => return closed(text, end, true).map(|_| ()),
                 };
                 let (key, next) = string(text, i)?;
                 let time = super::super::same_key(key.bytes(text), time_column.as_bytes());
@@ -2175,10 +2390,17 @@ mod json {
             }
         }
 
-        /// Whether only whitespace follows an object that closed at `end`.
+        /// Where the line ends (its line feed, or the end of `b` when
+        /// `to_end`) if only whitespace follows an object that closed at
+        /// `end`.
         #[inline(always)]
-        fn closed(b: &[u8], end: usize) -> bool {
-            skip_ws(b, end) == b.len()
+        fn closed(b: &[u8], end: usize, to_end: bool) -> Option<usize> {
+            let i = skip_ws(b, end);
+            match b.get(i) {
+                Some(b'\n') => Some(i),
+                None if to_end => Some(i),
+                _ => None,
+            }
         }
 
         /// Bytes that end the plain part of a JSON string: its closing
@@ -2237,7 +2459,8 @@ mod json {
         }
 
         fn skip_ws(b: &[u8], mut i: usize) -> usize {
-            while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
+            // Not a line feed: JSON's whitespace, but it ends a line here.
+            while let Some(b' ' | b'\t' | b'\r') = b.get(i) {
                 i += 1;
             }
             i
@@ -3334,8 +3557,8 @@ mod tests {
         let mut keys = ShapeKeys::default();
         keys.set(&(0..b.columns.len()).collect::<Vec<_>>(), &b.columns);
         let second = br#"{"time": 2, "n": 2, "f": 1.5, "ok": false, "s": "longer than sixteen bytes", "t": ["b", "c"]}"#;
-        let stored = json::fast::store_line_shaped(second, &keys, &mut b.columns, 1);
-        assert_eq!(stored, Ok(true));
+        let stored = json::fast::store_line_shaped(second, true, &keys, &mut b.columns, 1);
+        assert_eq!(stored, Ok((true, second.len())));
         for c in &mut b.columns {
             c.take_back(1);
         }
@@ -3554,7 +3777,8 @@ mod tests {
             .contains("`a` appears twice"));
         let err = b.push_csv(2, "1,2,3").unwrap_err();
         assert!(
-            err.reason.contains("no usable CSV header (line 1:"),
+            err.reason
+                .contains("no usable CSV header (header: column `a` appears twice)"),
             "{err}"
         );
         assert!(b.finish().unwrap().is_none());
@@ -3615,30 +3839,55 @@ mod tests {
     /// The same through [`read_chunks`], checking each chunk's bounds, and
     /// that its lines read the same after the whole chunk's UTF-8 check.
     fn lines_by_chunks(input: &[u8], max_lines: usize, max_bytes: usize) -> Vec<String> {
-        lines_of_chunks(ChunkReader::new(input, max_lines, max_bytes), max_lines)
+        lines_of_chunks(
+            ChunkReader::new(input, max_lines, max_bytes),
+            Some(max_lines),
+        )
     }
 
     /// The same through [`MappedChunks`] over the input in memory.
     fn lines_by_mapped_chunks(input: &[u8], max_lines: usize, max_bytes: usize) -> Vec<String> {
         let input = bytes::Bytes::copy_from_slice(input);
-        lines_of_chunks(MappedChunks::new(input, max_lines, max_bytes), max_lines)
+        lines_of_chunks(MappedChunks::new(input, max_lines, max_bytes), None)
     }
 
-    fn lines_of_chunks(mut source: impl ChunkSource, max_lines: usize) -> Vec<String> {
+    /// Every line of `source`'s chunks, numbered in the whole input, as
+    /// text; `max_lines`, when given, bounds each chunk's lines. Each chunk's
+    /// lines must read the same after the whole chunk's UTF-8 check.
+    fn lines_of_chunks(mut source: impl ChunkSource, max_lines: Option<usize>) -> Vec<String> {
         let mut out = Vec::new();
         while let Some(mut chunk) = source.next_chunk().unwrap() {
-            assert!(!chunk.is_empty() && chunk.len() <= max_lines);
-            assert_eq!(chunk.first_line, out.len() as u64 + 1);
-            let each: Vec<String> = (0..chunk.len())
-                .map(|i| format!("{:?}", chunk.line(i)))
-                .collect();
+            assert!(!chunk.is_empty());
+            let before = out.len() as u64;
+            let each = chunk_lines(&chunk, before);
+            assert!(max_lines.is_none_or(|max| each.len() <= max));
             chunk.check_utf8();
-            for (i, line) in each.into_iter().enumerate() {
-                assert_eq!(format!("{:?}", chunk.line(i)), line);
-                out.push(line);
-            }
+            assert_eq!(chunk_lines(&chunk, before), each);
+            out.extend(each);
         }
         out
+    }
+
+    /// A chunk's lines as text, numbered as if `before` lines came first.
+    fn chunk_lines(chunk: &TextChunk, before: u64) -> Vec<String> {
+        let mut lines = chunk.lines();
+        std::iter::from_fn(|| {
+            Some(match lines.next_text()? {
+                Line::Text { number, text } => Line::Text {
+                    number: number + before,
+                    text,
+                },
+                Line::Oversized { number, len_bytes } => Line::Oversized {
+                    number: number + before,
+                    len_bytes,
+                },
+                Line::NotUtf8 { number } => Line::NotUtf8 {
+                    number: number + before,
+                },
+            })
+        })
+        .map(|line| format!("{line:?}"))
+        .collect()
     }
 
     #[test]
@@ -3677,6 +3926,182 @@ mod tests {
                 "round {round}, mapped"
             );
         }
+    }
+
+    /// A JSON line of the kinds ingest meets: mostly the usual keys (some
+    /// left out, some null), and now and then another shape, a type
+    /// conflict, an escape, bytes that are not UTF-8, bad syntax, trailing
+    /// text, whitespace around the object, or nothing.
+    fn random_json_line(rng: &mut impl rand::Rng, n: usize) -> Vec<u8> {
+        let time = match rng.random_range(0..3) {
+            0 => format!("{}", 1_700_000_000 + n),
+            1 => format!("{}.25", 1_700_000_000 + n),
+            _ => "\"2023-11-14T22:13:20Z\"".to_string(),
+        };
+        let usual = [
+            format!("\"time\": {time}"),
+            format!("\"service\": \"s{}\"", n % 7),
+            format!("\"n\": {n}"),
+            format!("\"f\": {}.5", n % 100),
+            format!("\"ok\": {}", n.is_multiple_of(2)),
+            "\"tags\": [\"a\", \"b\"]".to_string(),
+            "\"s\": null".to_string(),
+        ];
+        let members: Vec<String> = match rng.random_range(0..20) {
+            0 => vec!["\"other\": 1".into(), usual[2].clone()],
+            1 => vec![usual[2].clone(), usual[0].clone()],
+            2 => vec!["\"n\": \"text\"".into()],
+            3 => vec!["\"f\": 7".into(), "\"n\": 2.5".into()],
+            4 => vec!["\"service\": \"a\\\"b\"".into()],
+            _ => usual
+                .iter()
+                .filter(|_| rng.random_bool(0.85))
+                .cloned()
+                .collect(),
+        };
+        let mut line = format!("{{{}}}", members.join(", ")).into_bytes();
+        match rng.random_range(0..30) {
+            0 => line.truncate(line.len() / 2),
+            1 => line.extend_from_slice(b" x"),
+            2 => line.extend_from_slice(b" \t "),
+            3 => line.insert(0, b' '),
+            4 => line = b"{\"service\": \"\xff\"}".to_vec(),
+            5 => line.clear(),
+            6 => line = b"  ".to_vec(),
+            7 => line = b"[1]".to_vec(),
+            _ => {}
+        }
+        line
+    }
+
+    /// `line`, padded inside its object with spaces to `len` bytes.
+    fn padded_json_line(len: usize) -> Vec<u8> {
+        let mut line = b"{\"n\": 1".to_vec();
+        line.resize(len - 1, b' ');
+        line.push(b'}');
+        line
+    }
+
+    /// A chunk's batches with their lines, its rejections and its lines.
+    type Decoded = (Vec<(RecordBatch, Vec<u64>)>, Vec<Rejection>, u64);
+
+    /// What a builder makes of `chunk`.
+    fn decoded(chunk: &mut TextChunk) -> Decoded {
+        let decoded = builder().decode_chunk(chunk, InputFormat::Jsonl);
+        let batches = decoded
+            .batches
+            .into_iter()
+            .map(|b| b.map(|b| (b.batch, b.lines)).unwrap())
+            .collect();
+        (batches, decoded.rejections, decoded.lines)
+    }
+
+    #[test]
+    fn an_uncut_chunk_decodes_as_the_same_lines_cut_by_a_reader() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for round in 0..60 {
+            let mut input = Vec::new();
+            for n in 0..rng.random_range(1..300) {
+                input.extend(random_json_line(&mut rng, n));
+                if round % 10 == 0 && rng.random_bool(0.05) {
+                    // Around the longest line taken, whose end is found
+                    // past the text a line's reader is shown.
+                    let len = LINE_BYTES_MAX - 1 + rng.random_range(0..3);
+                    input.push(b'\n');
+                    input.extend(padded_json_line(len - 1));
+                    input.extend_from_slice([&b"\r"[..], b" "][rng.random_range(0..2)]);
+                }
+                if rng.random_bool(0.1) {
+                    input.push(b'\r');
+                }
+                input.push(b'\n');
+            }
+            if rng.random_bool(0.3) {
+                input.pop(); // no line feed after the last line
+            }
+            let whole = |source: &mut dyn ChunkSource| {
+                let chunk = source.next_chunk().unwrap().unwrap();
+                assert!(source.next_chunk().unwrap().is_none(), "one chunk");
+                chunk
+            };
+            let (lines, bytes) = (usize::MAX / 2, usize::MAX / 2);
+            let mut cut = whole(&mut ChunkReader::new(&input[..], lines, bytes));
+            let mut uncut = whole(&mut MappedChunks::new(
+                bytes::Bytes::copy_from_slice(&input),
+                lines,
+                bytes,
+            ));
+            assert!(!cut.uncut && uncut.uncut);
+            let (by_reader, by_uncut) = (decoded(&mut cut), decoded(&mut uncut));
+            assert!(!by_reader.0.is_empty(), "round {round}: nothing stored");
+            assert!(
+                !by_reader.1.is_empty() || round % 10 != 0,
+                "round {round}: nothing rejected"
+            );
+            assert_eq!(by_uncut, by_reader, "round {round}");
+        }
+    }
+
+    #[test]
+    fn a_line_past_the_limit_is_rejected_even_when_its_object_ends_within_it() {
+        // Lines in the usual keys, then objects of exactly the limit's
+        // length followed by nothing, a space, or `\r`: the first is the
+        // longest line taken; the others are a byte too long however early
+        // their object ends. The same whether the reader or the decoder
+        // finds the line ends.
+        let mut input = Vec::new();
+        for n in 0..10 {
+            input.extend(format!("{{\"n\": {n}}}\n").bytes());
+        }
+        for tail in [&b""[..], b" ", b"\r"] {
+            input.extend(padded_json_line(LINE_BYTES_MAX));
+            input.extend_from_slice(tail);
+            input.push(b'\n');
+        }
+        input.extend(b"{\"n\": 99}\n");
+        let (lines, bytes) = (usize::MAX / 2, usize::MAX / 2);
+        let mut cut = ChunkReader::new(&input[..], lines, bytes)
+            .next_chunk()
+            .unwrap()
+            .unwrap();
+        let mut uncut = MappedChunks::new(input.into(), lines, bytes)
+            .next_chunk()
+            .unwrap()
+            .unwrap();
+        for chunk in [&mut cut, &mut uncut] {
+            let (batches, rejections, lines) = decoded(chunk);
+            assert_eq!(lines, 14);
+            let rejected: Vec<u64> = rejections.iter().map(|r| r.line).collect();
+            assert_eq!(rejected, [12, 13]);
+            assert!(rejections[0].reason.contains("exceeds the limit"));
+            assert_eq!(batches[0].1, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 14]);
+        }
+    }
+
+    #[test]
+    fn an_uncut_chunk_with_more_lines_than_a_batch_holds_decodes_into_several_batches() {
+        // Long lines first, so the chunk is sized for few lines; then many
+        // short ones.
+        let mut input = Vec::new();
+        for _ in 0..200 {
+            input.extend(padded_json_line(1_000));
+            input.push(b'\n');
+        }
+        let short = 2 * BATCH_ROWS_MAX + 100;
+        for n in 0..short {
+            input.extend(format!("{{\"n\": {n}}}\n").bytes());
+        }
+        let mut chunks = MappedChunks::new(input.into(), BATCH_ROWS_MAX, BATCH_BYTES_MAX / 2);
+        let mut chunk = chunks.next_chunk().unwrap().unwrap();
+        assert!(chunks.next_chunk().unwrap().is_none(), "one chunk");
+        let (batches, rejections, lines) = decoded(&mut chunk);
+        assert!(rejections.is_empty(), "{rejections:?}");
+        assert_eq!(lines, 200 + short as u64);
+        let rows: Vec<usize> = batches.iter().map(|(b, _)| b.num_rows()).collect();
+        assert_eq!(rows, [BATCH_ROWS_MAX, BATCH_ROWS_MAX, 300]);
+        let numbers: Vec<u64> = batches.into_iter().flat_map(|(_, lines)| lines).collect();
+        assert_eq!(numbers, (1..=lines).collect::<Vec<u64>>());
     }
 
     #[test]
@@ -3758,7 +4183,7 @@ mod tests {
         }
         let mut lines = Vec::new();
         let err = read_chunks(Failing(b"a\nb\npart"), 10, 1000, |chunk| {
-            lines.extend((0..chunk.len()).map(|i| format!("{:?}", chunk.line(i))));
+            lines.extend(chunk_lines(&chunk, lines.len() as u64));
             true
         })
         .unwrap_err();

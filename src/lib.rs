@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!   stdin ──decode::ChunkReader──> TextChunk (lines) ──decode::BatchBuilder──> RecordBatch
-//!   (a file on stdin: mapped, decode::MappedChunks)
+//!   (a file on stdin: mapped, decode::MappedChunks: uncut, lines found as decoded)
 //!                                                                  │ ipc::batch_to_ipc_stream
 //!                                                                  v (pieces sharing the columns)
 //!   scubactl ──wire::ingest_frame_head + IPC bytes (IngestRef)──> leaf (scuba-leaf)

@@ -27,26 +27,48 @@ fn placement_spreads_200k_rows_across_four_leaves() {
     }
 }
 
-/// 3,000 lines, every 500th bad in a different way; and the ids of the
-/// good ones.
+/// Lines of [`input_with_bad_lines`]: several batches' worth, so that
+/// several decoders each take chunks of them.
+const INPUT_LINES: u64 = 3 * scuba::limits::BATCH_ROWS_MAX as u64 + 3_000;
+
+/// The bad lines of [`input_with_bad_lines`], by id (the line number less
+/// one), with what their report must say.
+fn bad_lines() -> [(u64, &'static str); 9] {
+    let batch = scuba::limits::BATCH_ROWS_MAX as u64;
+    [
+        (500, "invalid JSON"),
+        (1000, "column `latency_ms`"),
+        (1500, "exceeds the limit"),
+        (2000, "JSON object"),
+        (2500, "RFC 3339"),
+        (2750, "not valid UTF-8"),
+        (batch + 500, "invalid JSON"),
+        (2 * batch + 1000, "column `latency_ms`"),
+        (INPUT_LINES - 1, "invalid JSON"),
+    ]
+}
+
+/// [`INPUT_LINES`] lines, a few of them bad, each in its own way
+/// ([`bad_lines`]); and the ids of the good ones.
 fn input_with_bad_lines() -> (Vec<u8>, Vec<u64>) {
     let oversized = format!(
         "{{\"id\": 999, \"blob\": \"{}\"}}",
         "x".repeat(2 * 1024 * 1024)
     );
+    let bad = bad_lines();
     let mut input: Vec<u8> = Vec::new();
     let mut good_ids = Vec::new();
-    for id in 0..3000u64 {
-        // Every 500th line is bad in a different way (and line 2751 is not
-        // UTF-8: a byte no character has, in a string of the usual shape).
-        let line = match id {
-            500 => "{\"id\": 500, \"latency_ms\": ".to_string(),
-            1000 => "{\"id\": 1000, \"latency_ms\": \"slow\"}".to_string(),
-            1500 => oversized.clone(),
-            2000 => "[1, 2, 3]".to_string(),
-            2500 => "{\"id\": 2500, \"time\": \"not a time\"}".to_string(),
-            2750 => "{\"id\": 2750, \"latency_ms\": 1, \"service\": \"s\u{fffd}\"}".to_string(),
-            _ => {
+    for id in 0..INPUT_LINES {
+        // Line 2751 is not UTF-8: a byte no character has, in a string of
+        // the usual shape.
+        let line = match bad.iter().position(|&(bad_id, _)| bad_id == id) {
+            Some(0) | Some(6) | Some(8) => format!("{{\"id\": {id}, \"latency_ms\": "),
+            Some(1) | Some(7) => format!("{{\"id\": {id}, \"latency_ms\": \"slow\"}}"),
+            Some(2) => oversized.clone(),
+            Some(3) => "[1, 2, 3]".to_string(),
+            Some(4) => format!("{{\"id\": {id}, \"time\": \"not a time\"}}"),
+            Some(_) => format!("{{\"id\": {id}, \"latency_ms\": 1, \"service\": \"s\u{fffd}\"}}"),
+            None => {
                 good_ids.push(id);
                 format!(
                     "{{\"id\": {id}, \"latency_ms\": {}, \"service\": \"s{}é\"}}",
@@ -58,9 +80,8 @@ fn input_with_bad_lines() -> (Vec<u8>, Vec<u64>) {
         // U+FFFD's first byte, 0xEF, becomes 0xFF.
         let at = input.len();
         input.extend_from_slice(line.as_bytes());
-        if id == 2750 {
-            let bad = at + line.find('\u{fffd}').expect("placed above");
-            input[bad] = 0xff;
+        if let Some(i) = line.find('\u{fffd}') {
+            input[at + i] = 0xff;
         }
         input.push(b'\n');
     }
@@ -78,23 +99,17 @@ fn assert_bad_lines_reported_and_good_lines_landed(
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stderr}");
-    for (line, why) in [
-        (501, "invalid JSON"),
-        (1001, "column `latency_ms`"),
-        (1501, "exceeds the limit"),
-        (2001, "JSON object"),
-        (2501, "RFC 3339"),
-        (2751, "not valid UTF-8"),
-    ] {
-        let expected = format!("line {line}: ");
-        let reported = stderr
-            .lines()
-            .find(|l| l.contains(&expected))
-            .unwrap_or_else(|| panic!("line {line} not reported:\n{stderr}"));
-        assert!(reported.contains(why), "line {line}: {reported}");
+    let reported: Vec<&str> = stderr.lines().filter(|l| l.contains("line ")).collect();
+    assert_eq!(reported.len(), bad_lines().len(), "{reported:?}");
+    for ((id, why), reported) in bad_lines().into_iter().zip(reported) {
+        let expected = format!("line {}: ", id + 1);
+        assert!(reported.contains(&expected), "line {}: {reported}", id + 1);
+        assert!(reported.contains(why), "line {}: {reported}", id + 1);
     }
+    let good = good_ids.len();
+    let rejected = bad_lines().len();
     assert!(
-        stdout.contains("2994 rows ingested, 6 rows rejected"),
+        stdout.contains(&format!("{good} rows ingested, {rejected} rows rejected")),
         "{stdout}"
     );
 
@@ -105,7 +120,7 @@ fn assert_bad_lines_reported_and_good_lines_landed(
     let expected_sum: u64 = good_ids.iter().sum();
     assert_eq!(
         answer["rows"][0],
-        serde_json::json!([2994, 2994, expected_sum])
+        serde_json::json!([good, good, expected_sum])
     );
     let services = cluster.query_json(
         &format!(
@@ -211,7 +226,7 @@ fn a_bad_csv_header_rejects_every_line_and_lands_nothing() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("line 3: no usable CSV header (line 1:"),
+        stderr.contains("line 3: no usable CSV header (header: column `a` appears twice)"),
         "{stderr}"
     );
     assert!(

@@ -2,10 +2,11 @@
 //!
 //! ```text
 //!  decoder threads (one per core, JSON; one for CSV), taking turns at the input (Baton):
-//!        decoder k mod n reads chunk k (one batch's worth of lines: ChunkReader from a stream,
-//!        MappedChunks from input in memory, such as a mapped file: ingest_bytes), then decodes it:
-//!        BatchBuilder (shared known types) -> IPC; bad line -> Rejection{line, reason}
-//!        │ taken back k mod n, so in input order
+//!        decoder k mod n reads chunk k (about one batch's worth of lines: ChunkReader from a
+//!        stream, MappedChunks from input in memory, such as a mapped file: ingest_bytes), then
+//!        decodes it: BatchBuilder::decode_chunk (shared known types) -> IPC; bad line ->
+//!        Rejection{line, reason}, lines numbered within the chunk
+//!        │ taken back k mod n, so in input order, and numbered in the input
 //!  collector thread ──bounded channel (INGEST_INFLIGHT_MAX)──> async sender:
 //!     up to INGEST_INFLIGHT_MAX batches in flight; each goes to the better of two random
 //!     leaves (free memory as last reported, less batches in flight to it: placement::Room);
@@ -27,13 +28,12 @@ use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scuba::decode::{
-    is_blank, BatchBuilder, ChunkOrder, ChunkReader, ChunkSource, InputFormat, Line, LineBytes,
-    MappedChunks, Rejection, TextChunk,
+    BatchBuilder, ChunkOrder, ChunkReader, ChunkSource, InputFormat, MappedChunks, Rejection,
+    TextChunk,
 };
 use scuba::ipc::IpcStream;
 use scuba::limits::{
     BATCH_BYTES_MAX, BATCH_ROWS_MAX, INGEST_ATTEMPTS_MAX, INGEST_DECODERS_MAX, INGEST_INFLIGHT_MAX,
-    LINE_BYTES_MAX,
 };
 use scuba::wire::{BatchId, ErrorKind};
 use tokio::sync::mpsc;
@@ -142,10 +142,15 @@ struct EncodedBatch {
 }
 
 /// What a decoder made of one chunk: its rejections in line order, then
-/// its batch (none when every line was rejected) or why encoding failed.
+/// its batches (usually one; none when every line was rejected), the last
+/// of them perhaps why building or encoding one failed. Line numbers count
+/// from the chunk's first line (1) until the collector, which knows the
+/// lines before the chunk, makes them the input's.
 struct Decoded {
     rejections: Vec<Rejection>,
-    batch: Option<std::result::Result<EncodedBatch, String>>,
+    batches: Vec<std::result::Result<EncodedBatch, String>>,
+    /// Lines in the chunk.
+    lines: u64,
 }
 
 /// The input, passed from decoder to decoder: of `n` decoders, decoder
@@ -248,57 +253,33 @@ fn decode_chunks<S: ChunkSource>(
         baton,
         done: false,
     };
-    let oversized = |number, len_bytes| Rejection {
-        line: number,
-        reason: format!("line of {len_bytes} bytes exceeds the limit of {LINE_BYTES_MAX} bytes"),
-    };
     let mut k = first;
     while let Some(mut chunk) = baton.take(k) {
         k += step;
-        // JSON lines are checked as UTF-8 as they are read (only where they
-        // are not ASCII); CSV's, the whole chunk at once.
-        if format == InputFormat::Csv {
-            chunk.text.check_utf8();
-        }
         builder.start_chunk(&order, chunk.seq);
-        let mut rejections = Vec::new();
-        for i in 0..chunk.text.len() {
-            let result = match format {
-                InputFormat::Jsonl => match chunk.text.line_bytes(i) {
-                    LineBytes::Text { bytes, .. } if is_blank(bytes) => Ok(()),
-                    LineBytes::Text { number, bytes } => builder.push_json_bytes(number, bytes),
-                    LineBytes::Oversized { number, len_bytes } => Err(oversized(number, len_bytes)),
-                },
-                InputFormat::Csv => match chunk.text.line(i) {
-                    Line::Text { text, .. } if text.trim().is_empty() => Ok(()),
-                    Line::Text { number, text } => builder.push_csv(number, text),
-                    Line::Oversized { number, len_bytes } => Err(oversized(number, len_bytes)),
-                    Line::NotUtf8 { number } => Err(Rejection {
-                        line: number,
-                        reason: "not valid UTF-8".to_string(),
-                    }),
-                },
-            };
-            if let Err(r) = result {
-                rejections.push(r);
-            }
-        }
-        let batch = match builder.finish() {
-            Ok(Some(decoded)) => Some(
+        let decoded = builder.decode_chunk(&mut chunk.text, format);
+        let batches = decoded
+            .batches
+            .into_iter()
+            .map(|batch| {
+                let decoded = batch.map_err(|e| e.to_string())?;
                 scuba::ipc::batch_to_ipc_stream(&decoded.batch)
                     .map(|ipc| EncodedBatch {
                         ipc,
                         lines: decoded.lines,
                     })
-                    .map_err(|e| e.to_string()),
-            ),
-            Ok(None) => None,
-            Err(e) => Some(Err(e.to_string())),
-        };
+                    .map_err(|e| e.to_string())
+            })
+            .collect();
         // Before the send, which may wait for the collector: later chunks
         // may be waiting for this one.
         order.finished(chunk.seq);
-        if results.send(Decoded { rejections, batch }).is_err() {
+        let decoded = Decoded {
+            rejections: decoded.rejections,
+            batches,
+            lines: decoded.lines,
+        };
+        if results.send(decoded).is_err() {
             return;
         }
     }
@@ -363,26 +344,34 @@ fn read_input<S: ChunkSource + Send>(
         }
         let tx = tx.clone();
         s.spawn(move || {
+            // Lines in the chunks taken back so far.
+            let mut before = 0;
             for k in 0.. {
                 let Ok(decoded) = from_decoders[k % decoders].recv() else {
                     return;
                 };
-                for r in decoded.rejections {
+                for mut r in decoded.rejections {
+                    r.line += before;
                     if tx.blocking_send(Msg::Rejected(r)).is_err() {
                         return;
                     }
                 }
-                let msg = match decoded.batch {
-                    Some(Ok(EncodedBatch { ipc, lines })) => Msg::Batch {
-                        ipc: Arc::new(ipc),
-                        lines,
-                    },
-                    Some(Err(e)) => Msg::Failed(e),
-                    None => continue,
-                };
-                if tx.blocking_send(msg).is_err() {
-                    return; // the decoders stop when their results go nowhere
+                for batch in decoded.batches {
+                    let msg = match batch {
+                        Ok(EncodedBatch { ipc, mut lines }) => {
+                            lines.iter_mut().for_each(|line| *line += before);
+                            Msg::Batch {
+                                ipc: Arc::new(ipc),
+                                lines,
+                            }
+                        }
+                        Err(e) => Msg::Failed(e),
+                    };
+                    if tx.blocking_send(msg).is_err() {
+                        return; // the decoders stop when their results go nowhere
+                    }
                 }
+                before += decoded.lines;
             }
         });
         // The decoders end with the input, then the collector.
