@@ -248,12 +248,11 @@ impl<'a> ChunkLines<'a> {
 
     /// Passes over the line [`ChunkLines::uncut_rest`] showed, which its
     /// reader found to end at `end` in it (its line feed, or the chunk's
-    /// end). Answers the line's number.
-    pub fn pass_line(&mut self, end: usize) -> u64 {
+    /// end).
+    pub fn pass_line(&mut self, end: usize) {
         debug_assert!(self.chunk.uncut);
         self.next = (self.next + end + 1).min(self.chunk.whole_text().len());
         self.number += 1;
-        self.number - 1
     }
 
     /// The next line, as bytes: whoever reads it checks its UTF-8 (as
@@ -350,7 +349,8 @@ const SAMPLE_BYTES: usize = 64 * 1024;
 /// sized by the lines in its first [`SAMPLE_BYTES`]: a little under it
 /// (15/16), so that a batch of such lines mostly fits one chunk; its
 /// decoder cuts a chunk that holds more into several batches. A chunk ends
-/// at the first line end past `max_bytes`, or past that size.
+/// at the first line end at or past that size, which is at most
+/// `max_bytes`.
 pub struct MappedChunks {
     input: bytes::Bytes,
     /// Where the next chunk starts.
@@ -1371,7 +1371,8 @@ pub struct DecodedChunk {
     /// In input order; an error ends them (nothing after it was built).
     pub batches: Vec<Result<DecodedBatch>>,
     pub rejections: Vec<Rejection>,
-    /// Lines in the chunk, blank and rejected ones too.
+    /// Lines read from the chunk, blank and rejected ones too: all of
+    /// them, unless a batch could not be built.
     pub lines: u64,
 }
 
@@ -1577,6 +1578,7 @@ impl BatchBuilder {
                     Ok(batch) => decoded.batches.extend(batch.map(Ok)),
                     Err(e) => {
                         decoded.batches.push(Err(e));
+                        decoded.lines = lines.passed();
                         return decoded;
                     }
                 }

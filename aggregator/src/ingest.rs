@@ -149,7 +149,7 @@ struct EncodedBatch {
 struct Decoded {
     rejections: Vec<Rejection>,
     batches: Vec<std::result::Result<EncodedBatch, String>>,
-    /// Lines in the chunk.
+    /// Lines read from the chunk.
     lines: u64,
 }
 
@@ -258,19 +258,22 @@ fn decode_chunks<S: ChunkSource>(
         k += step;
         builder.start_chunk(&order, chunk.seq);
         let decoded = builder.decode_chunk(&mut chunk.text, format);
-        let batches = decoded
-            .batches
-            .into_iter()
-            .map(|batch| {
-                let decoded = batch.map_err(|e| e.to_string())?;
-                scuba::ipc::batch_to_ipc_stream(&decoded.batch)
+        let mut batches = Vec::with_capacity(decoded.batches.len());
+        for batch in decoded.batches {
+            let encoded = batch.map_err(|e| e.to_string()).and_then(|batch| {
+                scuba::ipc::batch_to_ipc_stream(&batch.batch)
                     .map(|ipc| EncodedBatch {
                         ipc,
-                        lines: decoded.lines,
+                        lines: batch.lines,
                     })
                     .map_err(|e| e.to_string())
-            })
-            .collect();
+            });
+            let failed = encoded.is_err();
+            batches.push(encoded);
+            if failed {
+                break; // the ingest stops here
+            }
+        }
         // Before the send, which may wait for the collector: later chunks
         // may be waiting for this one.
         order.finished(chunk.seq);
