@@ -382,7 +382,7 @@ impl ChunkSource for MappedChunks {
             0 => self.max_bytes,
             n => (sample.len() / n).saturating_mul(self.max_lines - self.max_lines / 16),
         };
-        let cut = aim.clamp(1, self.max_bytes).min(rest.len());
+        let cut = aim.min(self.max_bytes).max(1).min(rest.len());
         // Past the line end at or after `cut - 1`, so a chunk is never empty.
         let len = memchr::memchr(b'\n', &rest[cut - 1..]).map_or(rest.len(), |i| cut + i);
         let chunk = TextChunk {
@@ -3838,8 +3838,8 @@ mod tests {
         Ok(())
     }
 
-    /// The same through [`read_chunks`], checking each chunk's bounds, and
-    /// that its lines read the same after the whole chunk's UTF-8 check.
+    /// The same through a [`ChunkReader`] ([`lines_of_chunks`]), each chunk
+    /// within `max_lines`.
     fn lines_by_chunks(input: &[u8], max_lines: usize, max_bytes: usize) -> Vec<String> {
         lines_of_chunks(
             ChunkReader::new(input, max_lines, max_bytes),
@@ -3928,6 +3928,13 @@ mod tests {
                 "round {round}, mapped"
             );
         }
+    }
+
+    #[test]
+    fn mapped_chunks_of_no_size_still_hold_a_line_each() {
+        let input = bytes::Bytes::from_static(b"a\nbb\n\nc");
+        let lines = lines_of_chunks(MappedChunks::new(input, 0, 0), Some(1));
+        assert_eq!(lines, lines_by_reader(b"a\nbb\n\nc"));
     }
 
     /// A JSON line of the kinds ingest meets: mostly the usual keys (some
